@@ -1,0 +1,177 @@
+"""The node: parses client requests, validates, routes, executes, answers.
+
+Pure protocol logic: every entry point takes `now` and returns what to send.
+The runtime (real sockets) and the simulator (virtual network) drive it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ringkv.core.replies import DEFAULT_RETENTION, ReplyCache
+from ringkv.core.storage import Storage
+from ringkv.wire import peer
+from ringkv.wire.codec import (
+    MAX_KEY,
+    MAX_VALUE,
+    Command,
+    Err,
+    KVRequest,
+    WireError,
+    decode_msg,
+    decode_request,
+    encode_response,
+)
+
+Addr = tuple[str, int]
+Send = tuple[bytes, Addr]
+
+_PUT, _GET, _REMOVE = Command.PUT, Command.GET, Command.REMOVE
+_KEY_COMMANDS = frozenset((_PUT, _GET, _REMOVE))
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    servers: tuple[Addr, ...]
+    self_index: int = 0
+    pid: int = 0
+    memory_budget: int = 512 << 20
+    replicas: int = 3
+    reply_retention: float = DEFAULT_RETENTION
+
+
+@dataclass
+class Outbox:
+    """What a tick sends: on the data port and on the gossip port."""
+
+    data: list[Send] = field(default_factory=list)
+    gossip: list[Send] = field(default_factory=list)
+
+
+@dataclass
+class NodeStats:
+    requests: int = 0
+    forwarded: int = 0
+    dropped: int = 0
+
+
+class Node:
+    def __init__(self, config: NodeConfig, now: float = 0.0) -> None:
+        self.config = config
+        self.index = config.self_index
+        self.storage = Storage(config.memory_budget)
+        self.replies = ReplyCache(config.reply_retention)
+        self.stats = NodeStats()
+        self.exit_requested = False
+        self._last_tick = now
+
+    # -- entry points -------------------------------------------------------
+
+    def on_datagram(self, data: bytes, src: Addr, now: float) -> list[Send]:
+        """A datagram on the data port: a client request or a peer message."""
+        if data[:2] == peer.MAGIC:
+            return self._on_peer(data, now)
+        try:
+            message_id, payload = decode_msg(data)
+            request = decode_request(payload)
+        except WireError:
+            self.stats.dropped += 1
+            return []
+        self.stats.requests += 1
+        return self._on_request(message_id, request, data, src, now)
+
+    def on_gossip(self, data: bytes, now: float) -> list[Send]:
+        """A datagram on the gossip port (membership)."""
+        return []
+
+    def on_tick(self, now: float) -> Outbox:
+        self._last_tick = now
+        self.replies.expire(now)
+        return Outbox()
+
+    def membership_count(self) -> int:
+        return 1
+
+    # -- requests -----------------------------------------------------------
+
+    def _on_request(
+        self, message_id: bytes, request: KVRequest, data: bytes, src: Addr, now: float
+    ) -> list[Send]:
+        command = request.command
+        if command in _KEY_COMMANDS:
+            err = _validate(request)
+            if err:
+                return [(encode_response(message_id, err), src)]
+            owner = self._owner(request.key)
+            if owner != self.index:
+                self.stats.forwarded += 1
+                return [(peer.encode_forward(src, data), self.config.servers[owner])]
+            return self._execute(message_id, request, src, now)
+        return self._admin(message_id, command, src, now)
+
+    def _on_peer(self, data: bytes, now: float) -> list[Send]:
+        try:
+            client, datagram = peer.decode_forward(data)
+            message_id, payload = decode_msg(datagram)
+            request = decode_request(payload)
+        except (peer.PeerDecodeError, WireError):
+            self.stats.dropped += 1
+            return []
+        return self._execute(message_id, request, client, now)
+
+    def _execute(self, message_id: bytes, request: KVRequest, src: Addr, now: float) -> list[Send]:
+        """Run a validated key command here, at most once per message ID."""
+        cached = self.replies.get(message_id)
+        if cached is not None:
+            return [(cached, src)]
+        command = request.command
+        if command == _GET:
+            entry = self.storage.get(request.key)
+            if entry is None:
+                return [(encode_response(message_id, Err.NO_KEY), src)]
+            return [(encode_response(message_id, Err.OK, value=entry[0], version=entry[1]), src)]
+        if command == _PUT:
+            stored = self.storage.put(request.key, request.value, request.version)
+            reply = encode_response(message_id, Err.OK if stored else Err.NO_SPACE)
+        else:
+            removed = self.storage.remove(request.key)
+            reply = encode_response(message_id, Err.OK if removed else Err.NO_KEY)
+        self.replies.put(message_id, reply, now)
+        return [(reply, src)]
+
+    def _admin(self, message_id: bytes, command: int, src: Addr, now: float) -> list[Send]:
+        """Commands answered by the node that received them."""
+        cached = self.replies.get(message_id)
+        if cached is not None:
+            return [(cached, src)]
+        if command == Command.IS_ALIVE:
+            reply = encode_response(message_id, Err.OK)
+        elif command == Command.GET_PID:
+            reply = encode_response(message_id, Err.OK, pid=self.config.pid)
+        elif command == Command.GET_MEMBERSHIP_COUNT:
+            reply = encode_response(message_id, Err.OK, membership_count=self.membership_count())
+        elif command == Command.WIPEOUT:
+            self.storage.wipe()
+            reply = encode_response(message_id, Err.OK)
+            self.replies.put(message_id, reply, now)
+        elif command == Command.SHUTDOWN:
+            self.exit_requested = True
+            reply = encode_response(message_id, Err.OK)
+        else:
+            reply = encode_response(message_id, Err.BAD_COMMAND)
+        return [(reply, src)]
+
+    # -- routing ------------------------------------------------------------
+
+    def _owner(self, key: bytes) -> int:
+        return self.index
+
+
+def _validate(request: KVRequest) -> int:
+    """Validation order of the protocol: command (done), key, then value."""
+    key_len = len(request.key)
+    if key_len == 0 or key_len > MAX_KEY:
+        return Err.BAD_KEY
+    if request.command == _PUT and len(request.value) > MAX_VALUE:
+        return Err.BAD_VALUE
+    return Err.OK

@@ -1,0 +1,64 @@
+"""Server lists: `servers.txt` holds one `host:port` a line, the same file on every node.
+
+Each node also listens on `port + GOSSIP_PORT_OFFSET` for membership traffic,
+so that gossip never queues behind a flood of client requests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+Addr = tuple[str, int]
+
+GOSSIP_PORT_OFFSET = 1000
+
+
+class ServerListError(ValueError):
+    """A server list or address that does not parse; the message names the problem."""
+
+
+def parse_addr(text: str) -> Addr:
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ServerListError(f"{text.strip()!r} is not HOST:PORT")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ServerListError(f"{text.strip()!r}: port {port_text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ServerListError(f"{text.strip()!r}: port {port} is out of range 1..65535")
+    return host.strip("[]"), port
+
+
+def parse_servers(text: str) -> list[Addr]:
+    """Parse a server list; blank lines and `#` comments are ignored."""
+    servers: list[Addr] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            addr = parse_addr(line)
+        except ServerListError as exc:
+            raise ServerListError(f"line {number}: {exc}") from None
+        if addr in servers:
+            raise ServerListError(f"line {number}: {line} is listed twice")
+        servers.append(addr)
+    if not servers:
+        raise ServerListError("the server list is empty")
+    return servers
+
+
+def load_servers(path: str | Path) -> list[Addr]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ServerListError(f"cannot read server list {path}: {exc.strerror}") from None
+    try:
+        return parse_servers(text)
+    except ServerListError as exc:
+        raise ServerListError(f"{path}: {exc}") from None
+
+
+def gossip_addr(addr: Addr) -> Addr:
+    return addr[0], addr[1] + GOSSIP_PORT_OFFSET

@@ -1,0 +1,1 @@
+"""Wire formats: the client protocol and ringkv's own node-to-node messages."""

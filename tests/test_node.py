@@ -1,0 +1,154 @@
+"""The node core on its own: commands, error codes, validation order, at-most-once."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from ringkv.core.node import Node, NodeConfig
+from ringkv.wire.codec import (
+    Command,
+    Err,
+    KVResponse,
+    decode_msg,
+    decode_response,
+    encode_request,
+)
+from ringkv.wire.kv_pb2 import KVRequest
+
+CLIENT = ("127.0.0.1", 5555)
+_ids = itertools.count()
+
+
+def new_node(**kwargs: object) -> Node:
+    return Node(NodeConfig(servers=(("127.0.0.1", 43100),), pid=4242, **kwargs))  # type: ignore[arg-type]
+
+
+def call(
+    node: Node,
+    command: int,
+    key: bytes = b"",
+    value: bytes = b"",
+    version: int = 0,
+    message_id: bytes | None = None,
+    now: float = 0.0,
+) -> KVResponse:
+    message_id = message_id or next(_ids).to_bytes(16, "big")
+    sends = node.on_datagram(encode_request(message_id, command, key, value, version), CLIENT, now)
+    assert len(sends) == 1
+    data, dest = sends[0]
+    assert dest == CLIENT
+    got_id, payload = decode_msg(data)
+    assert got_id == message_id
+    return decode_response(payload)
+
+
+def test_put_get_with_version() -> None:
+    node = new_node()
+    for size in (8, 32, 2048, 10_000):
+        value = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        assert call(node, Command.PUT, b"key", value, size).errCode == Err.OK
+        reply = call(node, Command.GET, b"key")
+        assert (reply.errCode, reply.value, reply.version) == (Err.OK, value, size)
+
+
+def test_remove_then_get_and_double_remove() -> None:
+    node = new_node()
+    call(node, Command.PUT, b"k", b"v")
+    assert call(node, Command.REMOVE, b"k").errCode == Err.OK
+    assert call(node, Command.GET, b"k").errCode == Err.NO_KEY
+    assert call(node, Command.REMOVE, b"k").errCode == Err.NO_KEY
+
+
+def test_admin_commands() -> None:
+    node = new_node()
+    assert call(node, Command.IS_ALIVE).errCode == Err.OK
+    assert call(node, Command.GET_PID).pid == 4242
+    assert call(node, Command.GET_MEMBERSHIP_COUNT).membershipCount == 1
+    call(node, Command.PUT, b"k", b"v")
+    assert call(node, Command.WIPEOUT).errCode == Err.OK
+    assert call(node, Command.GET, b"k").errCode == Err.NO_KEY
+    assert not node.exit_requested
+    call(node, Command.SHUTDOWN)
+    assert node.exit_requested
+
+
+@pytest.mark.parametrize(
+    ("command", "key", "value", "err"),
+    [
+        (0x09, b"", b"", Err.BAD_COMMAND),
+        (0x09, b"k" * 40, b"v" * 20_000, Err.BAD_COMMAND),  # command checked first
+        (Command.PUT, b"", b"v", Err.BAD_KEY),
+        (Command.GET, b"k" * 33, b"", Err.BAD_KEY),
+        (Command.PUT, b"k" * 33, b"v" * 10_001, Err.BAD_KEY),  # key before value
+        (Command.PUT, b"k" * 32, b"v" * 10_001, Err.BAD_VALUE),
+        (Command.REMOVE, b"", b"", Err.BAD_KEY),
+    ],
+)
+def test_invalid_requests(command: int, key: bytes, value: bytes, err: int) -> None:
+    assert call(new_node(), command, key, value).errCode == err
+
+
+def test_value_limits_accepted() -> None:
+    node = new_node()
+    assert call(node, Command.PUT, b"k" * 32, b"").errCode == Err.OK
+    assert call(node, Command.PUT, b"k", b"v" * 10_000).errCode == Err.OK
+
+
+def test_retried_put_is_not_executed_again() -> None:
+    node = new_node()
+    first, second = b"A" * 16, b"B" * 16
+    call(node, Command.PUT, b"k", b"one", message_id=first)
+    call(node, Command.PUT, b"k", b"two", message_id=second)
+    assert call(node, Command.PUT, b"k", b"one", message_id=first).errCode == Err.OK
+    assert call(node, Command.GET, b"k").value == b"two"
+
+
+def test_retried_remove_gets_the_first_answer() -> None:
+    node = new_node()
+    call(node, Command.PUT, b"k", b"v")
+    rem = b"R" * 16
+    assert call(node, Command.REMOVE, b"k", message_id=rem).errCode == Err.OK
+    call(node, Command.PUT, b"k", b"again")
+    assert call(node, Command.REMOVE, b"k", message_id=rem).errCode == Err.OK
+    assert call(node, Command.GET, b"k").value == b"again"  # the retry did not remove
+
+
+def test_reply_forgotten_after_retention() -> None:
+    node = new_node(reply_retention=5.0)
+    put = b"P" * 16
+    call(node, Command.PUT, b"k", b"v", message_id=put, now=0.0)
+    call(node, Command.REMOVE, b"k", now=1.0)
+    node.on_tick(now=6.0)
+    call(node, Command.PUT, b"k", b"v", message_id=put, now=6.0)
+    assert call(node, Command.GET, b"k", now=6.0).errCode == Err.OK  # executed anew
+
+
+def test_out_of_space_refused_and_node_keeps_serving() -> None:
+    node = new_node(memory_budget=64 << 10)
+    errs = [call(node, Command.PUT, str(i).encode(), b"x" * 1000).errCode for i in range(100)]
+    assert Err.NO_SPACE in errs
+    first_refused = errs.index(Err.NO_SPACE)
+    assert all(e == Err.OK for e in errs[:first_refused])
+    assert call(node, Command.GET, b"0").value == b"x" * 1000
+    assert call(node, Command.GET, str(first_refused).encode()).errCode == Err.NO_KEY
+
+
+def test_malformed_datagrams_dropped_without_reply() -> None:
+    node = new_node()
+    good = encode_request(b"i" * 16, Command.GET, b"k")
+    bad_crc = good[:-1] + bytes([good[-1] ^ 1])
+    for data in (b"", b"\xff" * 50, bad_crc, b"RK\x01garbage", good[:10]):
+        assert node.on_datagram(data, CLIENT, 0.0) == []
+    assert node.on_datagram(good, CLIENT, 0.0)  # sanity: the intact one is answered
+    assert node.stats.dropped == 5
+
+
+def test_unknown_fields_in_request_ignored() -> None:
+    node = new_node()
+    payload = KVRequest(command=Command.IS_ALIVE).SerializeToString() + b"\x50\x01"  # field 10
+    from ringkv.wire.codec import encode_msg
+
+    sends = node.on_datagram(encode_msg(b"u" * 16, payload), CLIENT, 0.0)
+    assert decode_response(decode_msg(sends[0][0])[1]).errCode == Err.OK

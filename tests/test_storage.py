@@ -1,0 +1,67 @@
+"""Storage accounting and the at-most-once reply cache."""
+
+from __future__ import annotations
+
+from ringkv.core.replies import ReplyCache
+from ringkv.core.storage import ENTRY_OVERHEAD, Storage
+
+
+def test_put_get_remove_and_accounting() -> None:
+    store = Storage(budget_bytes=10_000)
+    assert store.put(b"k", b"v" * 10, 3)
+    assert store.get(b"k") == (b"v" * 10, 3, 0)
+    assert store.used == 1 + 10 + ENTRY_OVERHEAD
+    assert store.put(b"k", b"w" * 4, 4)
+    assert store.used == 1 + 4 + ENTRY_OVERHEAD
+    assert store.remove(b"k")
+    assert not store.remove(b"k")
+    assert store.used == 0 and len(store) == 0
+
+
+def test_put_over_budget_refused_and_nothing_stored() -> None:
+    store = Storage(budget_bytes=1_000)
+    assert store.put(b"a", b"x" * 500, 0)
+    used = store.used
+    assert not store.put(b"b", b"y" * 500, 0)
+    assert store.get(b"b") is None and store.used == used
+    # Growing an existing value past the budget is refused too; the old value stays.
+    assert not store.put(b"a", b"z" * 2_000, 1)
+    assert store.get(b"a") == (b"x" * 500, 0, 0)
+    # Shrinking always fits.
+    assert store.put(b"a", b"", 2)
+
+
+def test_wipe_frees_everything() -> None:
+    store = Storage(budget_bytes=1 << 20)
+    for i in range(100):
+        store.put(str(i).encode(), b"x" * 100, 0)
+    store.wipe()
+    assert len(store) == 0 and store.used == 0
+
+
+def test_reply_cache_keeps_replies_for_retention_then_expires() -> None:
+    cache = ReplyCache(retention=5.0)
+    cache.put(b"a", b"reply-a", now=100.0)
+    cache.put(b"b", b"reply-b", now=102.0)
+    cache.expire(104.9)
+    assert cache.get(b"a") == b"reply-a"
+    cache.expire(105.0)
+    assert cache.get(b"a") is None and cache.get(b"b") == b"reply-b"
+    cache.expire(107.0)
+    assert len(cache) == 0 and cache.used == 0
+
+
+def test_reply_cache_first_reply_wins() -> None:
+    cache = ReplyCache()
+    cache.put(b"a", b"first", now=0.0)
+    cache.put(b"a", b"second", now=1.0)
+    assert cache.get(b"a") == b"first"
+
+
+def test_reply_cache_memory_is_bounded() -> None:
+    cache = ReplyCache(retention=60.0, max_bytes=50_000)
+    for i in range(10_000):
+        cache.put(i.to_bytes(16, "big"), b"r" * 20, now=float(i) / 1000)
+    assert cache.used <= 50_000
+    assert cache.get((9_999).to_bytes(16, "big")) is not None  # newest kept
+    assert cache.get((0).to_bytes(16, "big")) is None  # oldest evicted early
