@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ringkv.wire.codec import (
     Err,
+    KVResponse,
     Msg,
     WireError,
     checksum,
@@ -88,3 +89,25 @@ def test_garbage_raises_only_wire_error(data: bytes) -> None:
         decode_request(payload)
     except WireError:
         pass
+
+
+@given(
+    st.integers(0, 300),
+    st.binary(max_size=10_000),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+)
+def test_hand_encoded_response_matches_protobuf(
+    err: int, value: bytes, version: int, pid: int, count: int, wait: int
+) -> None:
+    data = encode_response(
+        b"m", err, value=value, version=version, pid=pid, membership_count=count,
+        overload_wait_ms=wait,
+    )  # fmt: skip
+    expected = KVResponse(
+        errCode=err, value=value, version=version, pid=pid, membershipCount=count,
+        overloadWaitTime=wait,
+    ).SerializeToString()  # fmt: skip
+    assert decode_msg(data)[1] == expected

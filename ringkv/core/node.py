@@ -70,7 +70,7 @@ class Node:
     def on_datagram(self, data: bytes, src: Addr, now: float) -> list[Send]:
         """A datagram on the data port: a client request or a peer message."""
         if data[:2] == peer.MAGIC:
-            return self._on_peer(data, now)
+            return self._on_peer(data, src, now)
         try:
             message_id, payload = decode_msg(data)
             request = decode_request(payload)
@@ -92,6 +92,20 @@ class Node:
     def membership_count(self) -> int:
         return 1
 
+    def status(self) -> dict[str, object]:
+        """A small summary for `ringkv cluster status`."""
+        return {
+            "index": self.index,
+            "pid": self.config.pid,
+            "count": self.membership_count(),
+            "states": "A",
+            "keys": len(self.storage),
+            "stored_bytes": self.storage.used,
+            "requests": self.stats.requests,
+            "forwarded": self.stats.forwarded,
+            "dropped": self.stats.dropped,
+        }
+
     # -- requests -----------------------------------------------------------
 
     def _on_request(
@@ -109,7 +123,10 @@ class Node:
             return self._execute(message_id, request, src, now)
         return self._admin(message_id, command, src, now)
 
-    def _on_peer(self, data: bytes, now: float) -> list[Send]:
+    def _on_peer(self, data: bytes, src: Addr, now: float) -> list[Send]:
+        kind = peer.kind_of(data)
+        if kind == peer.STATUS_REQUEST:
+            return [(peer.encode_status_reply(peer.status_token(data), self.status()), src)]
         try:
             client, datagram = peer.decode_forward(data)
             message_id, payload = decode_msg(datagram)

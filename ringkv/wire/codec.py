@@ -151,15 +151,28 @@ def encode_response(
     membership_count: int = 0,
     overload_wait_ms: int = 0,
 ) -> bytes:
-    response = KVResponse(
-        errCode=err,
-        value=value,
-        version=version,
-        pid=pid,
-        membershipCount=membership_count,
-        overloadWaitTime=overload_wait_ms,
-    )
-    return encode_msg(message_id, response.SerializeToString())
+    """A reply datagram; the KVResponse is written by hand (errCode always present)."""
+    parts = [_ERR_FIELDS[err] if err < len(_ERR_FIELDS) else b"\x08" + _varint(err)]
+    if value:
+        parts.append(b"\x12" + _length(len(value)))
+        parts.append(value)
+    if pid:
+        parts.append(b"\x18" + _int32(pid))
+    if version:
+        parts.append(b"\x20" + _int32(version))
+    if overload_wait_ms:
+        parts.append(b"\x28" + _int32(overload_wait_ms))
+    if membership_count:
+        parts.append(b"\x30" + _int32(membership_count))
+    return encode_msg(message_id, b"".join(parts))
+
+
+_ERR_FIELDS = [b"\x08" + bytes((code,)) for code in range(128)]
+
+
+def _int32(n: int) -> bytes:
+    # protobuf writes a negative int32 as its 64-bit two's complement varint.
+    return _varint(n & 0xFFFF_FFFF_FFFF_FFFF) if n < 0 else _varint(n)
 
 
 def decode_response(payload: bytes) -> KVResponse:

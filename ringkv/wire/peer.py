@@ -3,15 +3,20 @@
 Client datagrams are protobuf `Msg`s; a peer datagram starts with MAGIC,
 which no client `Msg` does in practice (it would need field 10 first).
 A FORWARD carries a client's datagram untouched plus the client's address,
-so the node that executes it can answer the client directly.
+so the node that executes it can answer the client directly. STATUS asks a
+node for a small JSON summary of itself (for `ringkv cluster status`).
 """
 
 from __future__ import annotations
 
+import json
 import struct
+from typing import Any
 
 MAGIC = b"RK"
 FORWARD = 1
+STATUS_REQUEST = 2
+STATUS_REPLY = 3
 
 _FORWARD_HEAD = struct.Struct("!2sBHB")  # magic, kind, client port, host length
 
@@ -40,3 +45,30 @@ def decode_forward(data: bytes) -> tuple[tuple[str, int], bytes]:
 
 def kind_of(data: bytes) -> int:
     return data[2] if len(data) > 2 else 0
+
+
+def encode_status_request(token: bytes) -> bytes:
+    return MAGIC + bytes((STATUS_REQUEST,)) + token
+
+
+def status_token(data: bytes) -> bytes:
+    return data[3:]
+
+
+def encode_status_reply(token: bytes, status: dict[str, Any]) -> bytes:
+    body = json.dumps(status, separators=(",", ":")).encode()
+    return MAGIC + bytes((STATUS_REPLY, len(token))) + token + body
+
+
+def decode_status_reply(data: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Return (token, status) of a STATUS reply."""
+    if len(data) < 4 or data[:2] != MAGIC or data[2] != STATUS_REPLY:
+        raise PeerDecodeError("not a STATUS reply")
+    end = 4 + data[3]
+    try:
+        status = json.loads(data[end:])
+    except ValueError as exc:
+        raise PeerDecodeError("bad STATUS body") from exc
+    if not isinstance(status, dict):
+        raise PeerDecodeError("bad STATUS body")
+    return data[4:end], status

@@ -1,0 +1,195 @@
+"""A cluster of real node processes on this machine, and the status of any cluster.
+
+`LocalCluster` is what `ringkv cluster up` and the integration tests use:
+it writes the server list, starts one `ringkv node` process per line, and
+suspends (SIGSTOP), resumes (SIGCONT), kills and restarts them by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ringkv.servers import Addr
+from ringkv.wire import peer
+
+STATE_FILE = "cluster.json"
+
+
+def local_servers(nodes: int, host: str, base_port: int, distinct_hosts: bool) -> list[Addr]:
+    """Addresses for a local cluster; with distinct_hosts node i binds 127.0.0.(i+1)."""
+    if distinct_hosts:
+        if nodes > 254:
+            raise ValueError("distinct loopback hosts go up to 254 nodes")
+        return [(f"127.0.0.{i + 1}", base_port) for i in range(nodes)]
+    return [(host, base_port + i) for i in range(nodes)]
+
+
+def format_servers(servers: list[Addr]) -> str:
+    return "".join(f"{host}:{port}\n" for host, port in servers)
+
+
+@dataclass
+class LocalCluster:
+    servers: list[Addr]
+    workdir: Path
+    servers_file: Path
+    memory_mb: int = 512
+    replicas: int = 3
+    log_level: str = "info"
+    procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    suspended: set[int] = field(default_factory=set)
+
+    @classmethod
+    def create(
+        cls, servers: list[Addr], workdir: Path, servers_file: Path | None = None, **options: Any
+    ) -> LocalCluster:
+        workdir.mkdir(parents=True, exist_ok=True)
+        servers_file = servers_file or workdir / "servers.txt"
+        servers_file.write_text(format_servers(servers))
+        return cls(servers=servers, workdir=workdir, servers_file=servers_file, **options)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        for index in range(len(self.servers)):
+            self.start_node(index)
+        self.save_state()
+
+    def start_node(self, index: int) -> None:
+        host, port = self.servers[index]
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        command = [
+            sys.executable, "-m", "ringkv", "node",
+            "--listen", f"{host}:{port}",
+            "--servers", str(self.servers_file),
+            "--memory-mb", str(self.memory_mb),
+            "--replicas", str(self.replicas),
+            "--log-level", self.log_level,
+        ]  # fmt: skip
+        with open(logs / f"node-{index}.log", "ab") as log:
+            self.procs[index] = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        self.suspended.discard(index)
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every running node answers a status query."""
+        deadline = time.monotonic() + timeout
+        wanted = {i for i in self.procs if i not in self.suspended}
+        while True:
+            answered = set(query_status(self.servers, only=wanted, timeout=0.3))
+            if wanted <= answered:
+                return
+            self._check_exited()
+            if time.monotonic() > deadline:
+                missing = sorted(wanted - answered)
+                raise TimeoutError(f"nodes {missing} did not answer within {timeout:.0f} s")
+
+    def _check_exited(self) -> None:
+        for index, proc in self.procs.items():
+            code = proc.poll()
+            if code is not None:
+                log = self.workdir / "logs" / f"node-{index}.log"
+                raise RuntimeError(f"node {index} exited with code {code}; see {log}")
+
+    def pid(self, index: int) -> int:
+        return self.procs[index].pid
+
+    def suspend(self, index: int) -> None:
+        os.kill(self.pid(index), signal.SIGSTOP)
+        self.suspended.add(index)
+        self.save_state()
+
+    def resume(self, index: int) -> None:
+        os.kill(self.pid(index), signal.SIGCONT)
+        self.suspended.discard(index)
+        self.save_state()
+
+    def kill(self, index: int) -> None:
+        """SIGKILL: a crash, nothing handed off."""
+        proc = self.procs.pop(index)
+        proc.kill()
+        proc.wait()
+        self.suspended.discard(index)
+
+    def stop(self, grace: float = 5.0) -> None:
+        for index, proc in self.procs.items():
+            if index in self.suspended:
+                _signal(proc.pid, signal.SIGCONT)
+            _signal(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        self.suspended.clear()
+        (self.workdir / STATE_FILE).unlink(missing_ok=True)
+
+    def alive_indexes(self) -> list[int]:
+        return [i for i in self.procs if i not in self.suspended]
+
+    def save_state(self) -> None:
+        state = {
+            "servers_file": str(self.servers_file.resolve()),
+            "pids": {str(i): p.pid for i, p in self.procs.items()},
+            "suspended": sorted(self.suspended),
+        }
+        (self.workdir / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def load_state(workdir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((workdir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def query_status(
+    servers: list[Addr], only: set[int] | None = None, timeout: float = 0.5
+) -> dict[int, dict[str, Any]]:
+    """Ask nodes for their STATUS; returns what answered within the time-out, by index."""
+    wanted = set(range(len(servers))) if only is None else set(only)
+    token = os.urandom(8)
+    request = peer.encode_status_request(token)
+    found: dict[int, dict[str, Any]] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        for index in wanted:
+            sock.sendto(request, servers[index])
+        deadline = time.monotonic() + timeout
+        while len(found) < len(wanted):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            sock.settimeout(remaining)
+            try:
+                data, _ = sock.recvfrom(65536)
+            except (TimeoutError, ConnectionRefusedError):
+                continue
+            try:
+                got_token, status = peer.decode_status_reply(data)
+            except peer.PeerDecodeError:
+                continue
+            if got_token == token and status.get("index") in wanted:
+                found[int(status["index"])] = status
+    return found
