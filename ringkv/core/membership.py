@@ -1,0 +1,556 @@
+"""Epidemic membership: SWIM failure detection with Lifeguard's refinements.
+
+A pure object, one per node: it is told about datagrams and ticks and returns
+(datagram, destination node index) pairs. It never does IO, reads a clock or
+sleeps; its only randomness is the `random.Random` it is given (seeded from
+the node index by default), so a simulator replays it exactly.
+
+Protocol (SWIM, Das et al. 2002; Lifeguard, Dadgar et al. 2018):
+
+- Each probe period the node PINGs the next member of a shuffled round-robin
+  list. No ACK within the ack time-out: it asks k others to probe the target
+  for it (PING_REQ; they answer ACK or, Lifeguard, NACK). No ACK by the end
+  of the period: the target becomes SUSPECT.
+- A suspect that does not refute within the suspicion time-out becomes DEAD.
+  The time-out starts long and shrinks as other nodes independently suspect
+  the same node (Lifeguard's confirmations).
+- Updates (node, state, incarnation) ride on every datagram, each sent about
+  retransmit_mult * log10(n) times. Every datagram also carries the
+  receiver's own entry as the sender sees it, so a wrongly suspected node
+  learns it at once and refutes by raising its incarnation.
+- Precedence: (incarnation, state) compares lexicographically with
+  alive < suspect < dead, so a dead node comes back only with a higher
+  incarnation. A datagram is itself evidence that its sender is alive at the
+  incarnation in its header.
+- Before declaring a suspect dead, a node PINGs it one last time: a
+  refutation that gossip failed to bring arrives in the ACK's header.
+- Dead nodes are still pinged now and then, so a node that returns is seen
+  even if nobody told us. Every few seconds a node swaps its full view with a
+  random member (SYNC), which repairs anything gossip missed.
+
+Local health (Lifeguard): failed probes with missing NACKs, refuting a
+suspicion about ourselves and late ticks raise `local_health`; successful
+probes lower it. Probe periods and ack time-outs are multiplied by
+(1 + local_health), suspicion time-outs by up to 2, so a slow node stops
+accusing healthy ones.
+
+Time: the protocol runs on its own clock, which advances with the real one
+but by at most `max_clock_step` per call. A tick that comes late (the process
+was descheduled, the machine is overloaded) therefore cannot expire probes
+or suspicions whose answers may still be waiting unread in the socket. A gap
+over `pause_threshold` means this node was itself paused (SIGSTOP): it
+records that, bumps its incarnation, announces itself and resynchronises its
+view, and `last_pause` lets replication treat its data as stale.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+
+from ringkv.wire.gossip import (
+    ACK,
+    ALIVE,
+    DEAD,
+    MAX_ENTRIES,
+    MAX_INCARNATION,
+    NACK,
+    PING,
+    PING_REQ,
+    STATE_NAMES,
+    SUSPECT,
+    SYNC,
+    SYNC_ACK,
+    Entry,
+    GossipDecodeError,
+    GossipMsg,
+    decode,
+    encode,
+)
+
+Send = tuple[bytes, int]  # (datagram, destination node index)
+
+
+@dataclass(frozen=True)
+class MembershipConfig:
+    """Time-outs in seconds. Targets: 40 nodes on 2 cores, exact view < 5 s.
+
+    probe_period 0.25: every member is probed by someone about once a period,
+        so a stopped node is suspected within ~0.5 s; 2 datagrams per node per
+        period (PING + the ACK of the PING it receives) = 8/s, whatever n.
+    ack_timeout 0.1: loopback RTT is < 1 ms idle but tens of ms on a loaded
+        2-core box; leaves the rest of the period for the indirect probes.
+        Both are multiplied by (1 + local_health).
+    indirect_probes 3: k of SWIM; three independent paths make a false
+        suspicion from one lost datagram rare (~1e-3 per probe at 5 % loss).
+    suspicion_min 2.0 / suspicion_max 5.0 / suspicion_confirmations 3: a
+        suspect has at least 2 s (8 periods, while dissemination at 40 nodes
+        takes ~1 s) to refute; 5 s when nobody else confirms. With ~one
+        independent probe of the suspect per period, 3 confirmations arrive
+        within ~1 s, so a stopped node is dead everywhere ~3-4 s after it
+        stops. An unhealthy node stretches these up to 2-fold, and at expiry
+        it PINGs the suspect once more (2 ack time-outs) before declaring it.
+    retransmit_mult 4: each update is piggy-backed 4 * ceil(log10(n + 1))
+        times (8 at 40 nodes), memberlist's default; reaches all with margin.
+    max_piggyback 10: updates per datagram (9 bytes each) beyond the receiver's
+        own entry; bursts (a resync) drain in a few periods.
+    dead_probe_interval 1.0: one dead node pinged per second, so a returning
+        node is noticed by direct contact within seconds.
+    sync_interval 5.0 / sync_fanout 3: periodic full-view swap with one member;
+        after a pause, with 3 at once (repeated each period until one answers),
+        since the deaths gossiped while we slept are no longer being gossiped.
+    max_health 8: Lifeguard's cap; time-outs grow at most 9-fold.
+    max_clock_step 0.25: the most the protocol clock moves per call; drivers
+        call on_tick every ~50 ms, so only a late tick is clipped.
+    pause_threshold 1.0: a gap this long (20 ticks missed) is a pause, not
+        scheduling noise.
+    """
+
+    probe_period: float = 0.25
+    ack_timeout: float = 0.1
+    indirect_probes: int = 3
+    suspicion_min: float = 2.0
+    suspicion_max: float = 5.0
+    suspicion_confirmations: int = 3
+    retransmit_mult: int = 4
+    max_piggyback: int = 10
+    dead_probe_interval: float = 1.0
+    sync_interval: float = 5.0
+    sync_fanout: int = 3
+    max_health: int = 8
+    max_clock_step: float = 0.25
+    pause_threshold: float = 1.0
+
+
+@dataclass
+class _Probe:
+    target: int
+    seq: int
+    req_at: float  # send PING_REQs if not acked by then
+    end: float  # suspect the target if not acked by then
+    acked: bool = False
+    req_sent: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
+
+
+@dataclass
+class _Rumor:
+    entry: Entry
+    sent: int = 0
+
+
+@dataclass
+class _Suspicion:
+    incarnation: int
+    origin: int  # who suspected first
+    start: float
+    not_before: float
+    confirmers: set[int] = field(default_factory=set)
+    last_call: float | None = None  # when the final direct PING goes unanswered
+
+
+class Membership:
+    """One node's view of which nodes of the server list are alive."""
+
+    def __init__(
+        self,
+        self_index: int,
+        n_nodes: int,
+        config: MembershipConfig | None = None,
+        rng: random.Random | None = None,
+        now: float = 0.0,
+    ) -> None:
+        if not 0 <= self_index < n_nodes:
+            raise ValueError("self_index outside the server list")
+        if n_nodes > MAX_ENTRIES:
+            raise ValueError("a full view must fit in one datagram")
+        self.index = self_index
+        self.n_nodes = n_nodes
+        self.config = cfg = config or MembershipConfig()
+        self._rng = rng or random.Random(self_index)
+        # Everyone in the server list starts alive at incarnation 0: nodes that
+        # never started are found dead by probing within a few seconds.
+        self._state = [ALIVE] * n_nodes
+        self._inc = [0] * n_nodes
+        self._alive = frozenset(range(n_nodes))
+        self.view_version = 0
+        self.local_health = 0
+        self.pauses = 0
+        self.last_pause = -math.inf  # `now` when a pause was last detected
+        self.last_pause_gap = 0.0  # how long that pause was
+        self._rumors: dict[int, _Rumor] = {}  # latest update per node, still being spread
+        self._retransmits = cfg.retransmit_mult * max(1, math.ceil(math.log10(n_nodes + 1)))
+        self._suspicions: dict[int, _Suspicion] = {}
+        self._probe: _Probe | None = None
+        self._relays: dict[int, tuple[int, int, float]] = {}  # seq -> (asker, its seq, nack at)
+        self._order: list[int] = []
+        self._order_pos = 0
+        self._dead_cursor = self_index
+        self._seq = 0
+        self._resync = False
+        self._started = False
+        self._late_noted_until = -math.inf  # one health point per period of lateness
+        self._now = self._clock = now
+        # Stagger the timers so that nodes started together do not probe in step.
+        self._next_probe = now + self._rng.random() * cfg.probe_period
+        self._next_dead_probe = now + (1 + self._rng.random()) * cfg.dead_probe_interval
+        self._next_sync = now + (0.5 + self._rng.random()) * cfg.sync_interval
+
+    # ----- queries -------------------------------------------------------
+
+    @property
+    def incarnation(self) -> int:
+        return self._inc[self.index]
+
+    def alive(self) -> frozenset[int]:
+        """Nodes believed alive or suspect, self included; same object until it changes."""
+        return self._alive
+
+    def alive_count(self) -> int:
+        return len(self._alive)
+
+    def state_of(self, i: int) -> str:
+        return STATE_NAMES[self._state[i]]
+
+    # ----- inputs --------------------------------------------------------
+
+    def on_message(self, data: bytes, now: float) -> list[Send]:
+        try:
+            msg = decode(data)
+        except GossipDecodeError:
+            return []
+        if not 0 <= msg.sender < self.n_nodes or msg.sender == self.index:
+            return []
+        out = self._advance(now)
+        self._merge(Entry(msg.sender, ALIVE, msg.incarnation, msg.sender))
+        for entry in msg.entries:
+            self._merge(entry)
+        self._handle(msg, out)
+        return out
+
+    def on_tick(self, now: float) -> list[Send]:
+        out = self._advance(now)
+        self._expire_relays(out)
+        self._step_probe(out)
+        self._expire_suspicions(out)
+        self._maybe_probe_dead(out)
+        self._maybe_sync(out)
+        return out
+
+    # ----- clock, lateness, pauses ---------------------------------------
+
+    def _advance(self, now: float) -> list[Send]:
+        if not self._started:
+            self._start(now)
+        gap = now - self._now
+        if gap <= 0:
+            return []
+        self._now = now
+        step = self.config.max_clock_step
+        if gap <= step:
+            self._clock += gap
+            return []
+        self._clock += step
+        return self._on_late(gap)
+
+    def _start(self, now: float) -> None:
+        # The first call anchors the timers, so a driver whose clock is not the
+        # `now` given at construction is not mistaken for a pause.
+        self._started = True
+        shift = now - self._now
+        self._now = self._clock = now
+        self._next_probe += shift
+        self._next_dead_probe += shift
+        self._next_sync += shift
+
+    def _on_late(self, gap: float) -> list[Send]:
+        # Replies and refutations may be queued unread behind this late call:
+        # push every pending deadline past the next few ticks so that they are
+        # read before any verdict.
+        if self._clock >= self._late_noted_until:
+            self._bump_health(1)
+            self._late_noted_until = self._clock + self.config.probe_period
+        hold = self._clock + self.config.max_clock_step
+        probe = self._probe
+        if probe is not None:
+            probe.req_at = max(probe.req_at, hold)
+            probe.end = max(probe.end, hold)
+            self._next_probe = probe.end
+        for suspicion in self._suspicions.values():
+            suspicion.not_before = max(suspicion.not_before, hold)
+            if suspicion.last_call is not None:
+                suspicion.last_call = max(suspicion.last_call, hold)
+        for seq, (asker, asker_seq, nack_at) in self._relays.items():
+            self._relays[seq] = (asker, asker_seq, max(nack_at, hold))
+        if gap < self.config.pause_threshold:
+            return []
+        return self._on_pause(gap)
+
+    def _on_pause(self, gap: float) -> list[Send]:
+        self.pauses += 1
+        self.last_pause = self._now
+        self.last_pause_gap = gap
+        # Others may have declared us dead: come back at a higher incarnation.
+        self._inc[self.index] += 1
+        self._rumor(self._entry(self.index))
+        self._resync = True
+        out: list[Send] = []
+        self._send_sync(out, self.config.sync_fanout)
+        return out
+
+    # ----- merging updates -----------------------------------------------
+
+    def _merge(self, entry: Entry) -> None:
+        node, state, inc, origin = entry
+        if not 0 <= node < self.n_nodes:
+            return
+        if node == self.index:
+            self._about_me(state, inc)
+            return
+        if not 0 <= origin < self.n_nodes:
+            origin = node
+        current = (self._inc[node], self._state[node])
+        if (inc, state) > current:
+            self._set(node, state, inc, origin)
+        elif (inc, state) == current and state == SUSPECT:
+            self._confirm(node, origin)
+
+    def _about_me(self, state: int, inc: int) -> None:
+        mine = self._inc[self.index]
+        if inc >= MAX_INCARNATION:
+            return  # nonsense we could not refute without overflowing the field
+        if state == ALIVE:
+            # Others know a later incarnation of us (we restarted): adopt it.
+            self._inc[self.index] = max(mine, inc)
+        elif inc >= mine:
+            self._inc[self.index] = inc + 1
+            self._bump_health(1)  # being suspected hints that we are the slow one
+            self._rumor(self._entry(self.index))
+
+    def _set(self, node: int, state: int, inc: int, origin: int) -> None:
+        was_dead = self._state[node] == DEAD
+        self._state[node] = state
+        self._inc[node] = inc
+        if state == SUSPECT:
+            self._suspicions[node] = _Suspicion(inc, origin, self._clock, self._clock, {origin})
+        else:
+            self._suspicions.pop(node, None)
+            origin = node
+        if was_dead != (state == DEAD):
+            self._alive = frozenset(i for i, s in enumerate(self._state) if s != DEAD)
+            self.view_version += 1
+        self._rumor(Entry(node, state, inc, origin))
+
+    def _confirm(self, node: int, origin: int) -> None:
+        suspicion = self._suspicions.get(node)
+        if suspicion is None or origin in suspicion.confirmers:
+            return
+        suspicion.confirmers.add(origin)
+        # Pass the confirmation on so that others shorten their time-outs too.
+        self._rumor(Entry(node, SUSPECT, suspicion.incarnation, origin))
+
+    def _suspect(self, node: int) -> None:
+        if self._state[node] == ALIVE:
+            self._set(node, SUSPECT, self._inc[node], self.index)
+        elif self._state[node] == SUSPECT:
+            self._confirm(node, self.index)
+
+    # ----- message handling ----------------------------------------------
+
+    def _handle(self, msg: GossipMsg, out: list[Send]) -> None:
+        kind = msg.kind
+        if kind == PING:
+            out.append(self._msg(ACK, msg.sender, msg.seq))
+        elif kind == ACK:
+            self._on_ack(msg.seq, out)
+        elif kind == PING_REQ:
+            self._on_ping_req(msg, out)
+        elif kind == NACK:
+            if self._probe is not None and self._probe.seq == msg.seq:
+                self._probe.nacks += 1
+        elif kind == SYNC:
+            out.append(self._msg(SYNC_ACK, msg.sender, msg.seq, full=True))
+        elif kind == SYNC_ACK:
+            self._resync = False
+
+    def _on_ack(self, seq: int, out: list[Send]) -> None:
+        probe = self._probe
+        if probe is not None and probe.seq == seq:
+            if not probe.acked:
+                probe.acked = True
+                self._bump_health(-1)
+            return
+        relay = self._relays.pop(seq, None)
+        if relay is not None:
+            out.append(self._msg(ACK, relay[0], relay[1]))
+
+    def _on_ping_req(self, msg: GossipMsg, out: list[Send]) -> None:
+        target = msg.target
+        if not 0 <= target < self.n_nodes or target in (self.index, msg.sender):
+            return
+        seq = self._next_seq()
+        deadline = self._clock + self._scaled(self.config.ack_timeout)
+        self._relays[seq] = (msg.sender, msg.seq, deadline)
+        out.append(self._msg(PING, target, seq))
+
+    # ----- timers ----------------------------------------------------------
+
+    def _step_probe(self, out: list[Send]) -> None:
+        probe = self._probe
+        if probe is not None:
+            if not probe.acked and not probe.req_sent and self._clock >= probe.req_at:
+                self._send_ping_reqs(probe, out)
+            if self._clock < probe.end:
+                return
+            self._conclude(probe)
+        if self._clock >= self._next_probe:
+            self._start_probe(out)
+
+    def _start_probe(self, out: list[Send]) -> None:
+        cfg = self.config
+        period = self._scaled(cfg.probe_period)
+        self._next_probe = self._clock + period
+        if self._resync:
+            self._send_sync(out, 1)
+        target = self._next_target()
+        if target is None:
+            return
+        seq = self._next_seq()
+        req_at = self._clock + self._scaled(cfg.ack_timeout)
+        self._probe = _Probe(target, seq, req_at, self._next_probe)
+        out.append(self._msg(PING, target, seq))
+
+    def _send_ping_reqs(self, probe: _Probe, out: list[Send]) -> None:
+        probe.req_sent = True
+        helpers = self._pick(self.config.indirect_probes, probe.target)
+        probe.expected_nacks = len(helpers)
+        for helper in helpers:
+            out.append(self._msg(PING_REQ, helper, probe.seq, probe.target))
+
+    def _conclude(self, probe: _Probe) -> None:
+        self._probe = None
+        if probe.acked:
+            return
+        # Lifeguard: helpers that did not even NACK point at our own links/CPU.
+        self._bump_health(max(0, probe.expected_nacks - probe.nacks))
+        self._suspect(probe.target)
+
+    def _expire_suspicions(self, out: list[Send]) -> None:
+        # At the deadline we PING the suspect once more before declaring it dead:
+        # a refutation that gossip did not bring us arrives in its ACK's header.
+        clock = self._clock
+        for node, suspicion in list(self._suspicions.items()):
+            if suspicion.last_call is None:
+                if clock >= self._deadline(suspicion):
+                    suspicion.last_call = clock + self._scaled(2 * self.config.ack_timeout)
+                    out.append(self._msg(PING, node, self._next_seq()))
+            elif clock >= suspicion.last_call:
+                self._set(node, DEAD, suspicion.incarnation, node)
+
+    def _deadline(self, suspicion: _Suspicion) -> float:
+        cfg = self.config
+        expected = min(cfg.suspicion_confirmations, len(self._alive) - 2)
+        if expected < 1:
+            fraction = 1.0  # too few members for independent confirmations
+        else:
+            # log(confirmations + 1) / log(expected + 1); confirmers include the origin.
+            fraction = min(1.0, math.log(len(suspicion.confirmers)) / math.log(expected + 1))
+        span = cfg.suspicion_max - cfg.suspicion_min
+        timeout = max(cfg.suspicion_min, cfg.suspicion_max - span * fraction)
+        # An unhealthy node (late ticks, unanswered probes) waits up to twice as
+        # long: the suspect's refutation may be waiting for our CPU, not lost.
+        timeout *= 1 + self.local_health / cfg.max_health
+        return max(suspicion.start + timeout, suspicion.not_before)
+
+    def _expire_relays(self, out: list[Send]) -> None:
+        if not self._relays:
+            return
+        late = [seq for seq, relay in self._relays.items() if self._clock >= relay[2]]
+        for seq in late:
+            asker, asker_seq, _ = self._relays.pop(seq)
+            out.append(self._msg(NACK, asker, asker_seq))
+
+    def _maybe_probe_dead(self, out: list[Send]) -> None:
+        if self._clock < self._next_dead_probe:
+            return
+        self._next_dead_probe = self._clock + self.config.dead_probe_interval
+        if len(self._alive) == self.n_nodes:
+            return
+        for _ in range(self.n_nodes):
+            self._dead_cursor = (self._dead_cursor + 1) % self.n_nodes
+            if self._state[self._dead_cursor] == DEAD:
+                # It sees its own DEAD entry in the PING and answers refuted.
+                out.append(self._msg(PING, self._dead_cursor, self._next_seq()))
+                return
+
+    def _maybe_sync(self, out: list[Send]) -> None:
+        if self._clock >= self._next_sync:
+            self._next_sync = self._clock + self.config.sync_interval
+            self._send_sync(out, 1)
+
+    def _send_sync(self, out: list[Send], fanout: int) -> None:
+        for peer in self._pick(fanout, self.index):
+            out.append(self._msg(SYNC, peer, self._next_seq(), full=True))
+
+    # ----- helpers ---------------------------------------------------------
+
+    def _next_target(self) -> int | None:
+        for _ in range(2):  # finish this round, else reshuffle once
+            while self._order_pos < len(self._order):
+                node = self._order[self._order_pos]
+                self._order_pos += 1
+                if self._state[node] != DEAD:
+                    return node
+            self._order = [i for i in range(self.n_nodes) if i != self.index]
+            self._rng.shuffle(self._order)
+            self._order_pos = 0
+        return None
+
+    def _pick(self, k: int, exclude: int) -> list[int]:
+        """Up to k random members in state ALIVE, other than self and `exclude`."""
+        me = self.index
+        candidates = [
+            i for i, s in enumerate(self._state) if s == ALIVE and i != me and i != exclude
+        ]
+        return self._rng.sample(candidates, min(k, len(candidates)))
+
+    def _msg(self, kind: int, dest: int, seq: int = 0, target: int = 0, full: bool = False) -> Send:
+        entries = self._full_view() if full else self._piggyback(dest)
+        msg = GossipMsg(kind, self.index, self._inc[self.index], seq, target, entries)
+        return encode(msg), dest
+
+    def _piggyback(self, dest: int) -> tuple[Entry, ...]:
+        entries = [self._entry(dest)]  # lets dest refute at once if we suspect it
+        if self._rumors:
+            freshest = sorted(self._rumors.items(), key=lambda item: item[1].sent)
+            for node, rumor in freshest[: self.config.max_piggyback]:
+                if node == dest:
+                    continue
+                entries.append(rumor.entry)
+                rumor.sent += 1
+                if rumor.sent >= self._retransmits:
+                    del self._rumors[node]
+        return tuple(entries)
+
+    def _full_view(self) -> tuple[Entry, ...]:
+        return tuple(self._entry(i) for i in range(self.n_nodes))
+
+    def _entry(self, node: int) -> Entry:
+        state = self._state[node]
+        origin = self._suspicions[node].origin if state == SUSPECT else node
+        return Entry(node, state, self._inc[node], origin)
+
+    def _rumor(self, entry: Entry) -> None:
+        self._rumors[entry.node] = _Rumor(entry)
+
+    def _bump_health(self, delta: int) -> None:
+        self.local_health = max(0, min(self.config.max_health, self.local_health + delta))
+
+    def _scaled(self, timeout: float) -> float:
+        return timeout * (1 + self.local_health)
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
