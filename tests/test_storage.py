@@ -39,29 +39,36 @@ def test_wipe_frees_everything() -> None:
     assert len(store) == 0 and store.used == 0
 
 
-def test_reply_cache_keeps_replies_for_retention_then_expires() -> None:
+def test_reply_cache_keeps_outcomes_for_retention_then_expires() -> None:
     cache = ReplyCache(retention=5.0)
-    cache.put(b"a", b"reply-a", now=100.0)
-    cache.put(b"b", b"reply-b", now=102.0)
+    cache.put(b"a", 0, now=100.0)
+    cache.put(b"b", 1, now=102.0)
     cache.expire(104.9)
-    assert cache.get(b"a") == b"reply-a"
+    assert cache.get(b"a") == 0
     cache.expire(105.0)
-    assert cache.get(b"a") is None and cache.get(b"b") == b"reply-b"
+    assert cache.get(b"a") is None and cache.get(b"b") == 1
     cache.expire(107.0)
-    assert len(cache) == 0 and cache.used == 0
+    assert len(cache) == 0
 
 
-def test_reply_cache_first_reply_wins() -> None:
+def test_reply_cache_retention_is_at_least_the_window() -> None:
+    cache = ReplyCache(retention=5.0)
+    cache.put(b"a", 0, now=100.4)  # buckets round expiry up, never down
+    cache.expire(105.39)
+    assert cache.get(b"a") == 0
+
+
+def test_reply_cache_first_outcome_wins() -> None:
     cache = ReplyCache()
-    cache.put(b"a", b"first", now=0.0)
-    cache.put(b"a", b"second", now=1.0)
-    assert cache.get(b"a") == b"first"
+    cache.put(b"a", 0, now=0.0)
+    cache.put(b"a", 1, now=1.0)
+    assert cache.get(b"a") == 0
 
 
 def test_reply_cache_memory_is_bounded() -> None:
-    cache = ReplyCache(retention=60.0, max_bytes=50_000)
+    cache = ReplyCache(retention=60.0, max_entries=5_000)
     for i in range(10_000):
-        cache.put(i.to_bytes(16, "big"), b"r" * 20, now=float(i) / 1000)
-    assert cache.used <= 50_000
-    assert cache.get((9_999).to_bytes(16, "big")) is not None  # newest kept
-    assert cache.get((0).to_bytes(16, "big")) is None  # oldest evicted early
+        cache.put(i.to_bytes(16, "big"), 0, now=float(i) / 1000)
+    assert len(cache) <= 5_000
+    assert cache.get((9_999).to_bytes(16, "big")) == 0  # newest kept
+    assert cache.get((0).to_bytes(16, "big")) is None  # oldest dropped early

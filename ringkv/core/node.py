@@ -6,10 +6,14 @@ The runtime (real sockets) and the simulator (virtual network) drive it.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
+from ringkv.core.membership import Membership, MembershipConfig
 from ringkv.core.replies import DEFAULT_RETENTION, ReplyCache
+from ringkv.core.ring import Ring
 from ringkv.core.storage import Storage
+from ringkv.servers import gossip_addr
 from ringkv.wire import peer
 from ringkv.wire.codec import (
     MAX_KEY,
@@ -38,6 +42,7 @@ class NodeConfig:
     memory_budget: int = 512 << 20
     replicas: int = 3
     reply_retention: float = DEFAULT_RETENTION
+    membership: MembershipConfig | None = None
 
 
 @dataclass
@@ -63,7 +68,15 @@ class Node:
         self.replies = ReplyCache(config.reply_retention)
         self.stats = NodeStats()
         self.exit_requested = False
-        self._last_tick = now
+        n_nodes = len(config.servers)
+        self.ring = Ring(n_nodes)
+        # A one-node cluster has nobody to gossip with.
+        self.membership = (
+            Membership(self.index, n_nodes, config.membership, random.Random(self.index), now)
+            if n_nodes > 1
+            else None
+        )
+        self._gossip_addrs = [gossip_addr(addr) for addr in config.servers]
 
     # -- entry points -------------------------------------------------------
 
@@ -82,15 +95,30 @@ class Node:
 
     def on_gossip(self, data: bytes, now: float) -> list[Send]:
         """A datagram on the gossip port (membership)."""
-        return []
+        if self.membership is None:
+            return []
+        return self._to_gossip(self.membership.on_message(data, now))
 
     def on_tick(self, now: float) -> Outbox:
-        self._last_tick = now
         self.replies.expire(now)
-        return Outbox()
+        outbox = Outbox()
+        if self.membership is not None:
+            outbox.gossip = self._to_gossip(self.membership.on_tick(now))
+        return outbox
+
+    def _to_gossip(self, sends: list[tuple[bytes, int]]) -> list[Send]:
+        addrs = self._gossip_addrs
+        return [(data, addrs[index]) for data, index in sends]
 
     def membership_count(self) -> int:
-        return 1
+        return 1 if self.membership is None else self.membership.alive_count()
+
+    def _view_states(self) -> str:
+        """One letter per node of the server list: Alive, Suspect or Dead."""
+        if self.membership is None:
+            return "A"
+        state_of = self.membership.state_of
+        return "".join(state_of(i)[0].upper() for i in range(len(self.config.servers)))
 
     def status(self) -> dict[str, object]:
         """A small summary for `ringkv cluster status`."""
@@ -98,7 +126,8 @@ class Node:
             "index": self.index,
             "pid": self.config.pid,
             "count": self.membership_count(),
-            "states": "A",
+            "states": self._view_states(),
+            "pauses": 0 if self.membership is None else self.membership.pauses,
             "keys": len(self.storage),
             "stored_bytes": self.storage.used,
             "requests": self.stats.requests,
@@ -138,9 +167,9 @@ class Node:
 
     def _execute(self, message_id: bytes, request: KVRequest, src: Addr, now: float) -> list[Send]:
         """Run a validated key command here, at most once per message ID."""
-        cached = self.replies.get(message_id)
-        if cached is not None:
-            return [(cached, src)]
+        done = self.replies.get(message_id)
+        if done is not None:
+            return [(encode_response(message_id, done), src)]
         command = request.command
         if command == _GET:
             entry = self.storage.get(request.key)
@@ -149,18 +178,17 @@ class Node:
             return [(encode_response(message_id, Err.OK, value=entry[0], version=entry[1]), src)]
         if command == _PUT:
             stored = self.storage.put(request.key, request.value, request.version)
-            reply = encode_response(message_id, Err.OK if stored else Err.NO_SPACE)
+            err = Err.OK if stored else Err.NO_SPACE
         else:
-            removed = self.storage.remove(request.key)
-            reply = encode_response(message_id, Err.OK if removed else Err.NO_KEY)
-        self.replies.put(message_id, reply, now)
-        return [(reply, src)]
+            err = Err.OK if self.storage.remove(request.key) else Err.NO_KEY
+        self.replies.put(message_id, err, now)
+        return [(encode_response(message_id, err), src)]
 
     def _admin(self, message_id: bytes, command: int, src: Addr, now: float) -> list[Send]:
         """Commands answered by the node that received them."""
-        cached = self.replies.get(message_id)
-        if cached is not None:
-            return [(cached, src)]
+        done = self.replies.get(message_id)
+        if done is not None:
+            return [(encode_response(message_id, done), src)]
         if command == Command.IS_ALIVE:
             reply = encode_response(message_id, Err.OK)
         elif command == Command.GET_PID:
@@ -170,7 +198,7 @@ class Node:
         elif command == Command.WIPEOUT:
             self.storage.wipe()
             reply = encode_response(message_id, Err.OK)
-            self.replies.put(message_id, reply, now)
+            self.replies.put(message_id, Err.OK, now)
         elif command == Command.SHUTDOWN:
             self.exit_requested = True
             reply = encode_response(message_id, Err.OK)
@@ -181,7 +209,10 @@ class Node:
     # -- routing ------------------------------------------------------------
 
     def _owner(self, key: bytes) -> int:
-        return self.index
+        """The node that executes a key's requests: for now its first live node."""
+        if self.membership is None:
+            return self.index
+        return self.ring.chain(key, self.membership.alive(), 1)[0]
 
 
 def _validate(request: KVRequest) -> int:

@@ -1,53 +1,63 @@
-"""At-most-once: replies kept by message ID for a retention window.
+"""At-most-once: the outcome of each executed write, kept by message ID.
 
-A repeat of a message ID is answered with the stored reply and not executed
-again. Entries expire in insertion order (the retention is constant, so the
-oldest entry always expires first) and the total size is capped: past the
-cap the oldest entries go early, which bounds memory under any load.
+A repeat of a message ID is answered from here and not executed again. The
+commands that need this (PUT, REMOVE, WIPEOUT) answer with an error code
+only, so the error code is all that is kept: the reply is rebuilt on a hit.
+
+Expiry is bucketed by whole seconds: each second's IDs sit in one list and
+go together, so an entry costs a dict slot and a list slot, nothing more.
+The total is also capped: past `max_entries` the oldest bucket goes early,
+which bounds memory under any load.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 DEFAULT_RETENTION = 10.0  # seconds; the protocol asks for at least 5
-DEFAULT_MAX_BYTES = 64 << 20
-_ENTRY_OVERHEAD = 200  # dict slot, deque slot, tuple, bytes headers
+DEFAULT_MAX_ENTRIES = 1_000_000  # ~100 MB at worst; 100k writes/s for 10 s
 
 
 class ReplyCache:
-    __slots__ = ("_order", "_replies", "max_bytes", "retention", "used")
+    __slots__ = ("_buckets", "_outcomes", "max_entries", "retention")
 
     def __init__(
-        self, retention: float = DEFAULT_RETENTION, max_bytes: int = DEFAULT_MAX_BYTES
+        self, retention: float = DEFAULT_RETENTION, max_entries: int = DEFAULT_MAX_ENTRIES
     ) -> None:
-        self._replies: dict[bytes, bytes] = {}
-        self._order: deque[tuple[float, bytes]] = deque()
+        self._outcomes: dict[bytes, int] = {}
+        # (second the bucket's entries expire, their IDs), oldest first
+        self._buckets: deque[tuple[int, list[bytes]]] = deque()
         self.retention = retention
-        self.max_bytes = max_bytes
-        self.used = 0
+        self.max_entries = max_entries
 
     def __len__(self) -> int:
-        return len(self._replies)
+        return len(self._outcomes)
 
-    def get(self, message_id: bytes) -> bytes | None:
-        return self._replies.get(message_id)
+    def get(self, message_id: bytes) -> int | None:
+        return self._outcomes.get(message_id)
 
-    def put(self, message_id: bytes, reply: bytes, now: float) -> None:
-        if message_id in self._replies:
+    def put(self, message_id: bytes, err: int, now: float) -> None:
+        outcomes = self._outcomes
+        if message_id in outcomes:
             return
-        self._replies[message_id] = reply
-        self._order.append((now + self.retention, message_id))
-        self.used += len(message_id) + len(reply) + _ENTRY_OVERHEAD
-        while self.used > self.max_bytes:
-            self._evict_one()
+        outcomes[message_id] = err
+        expires = math.ceil(now + self.retention)
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == expires:
+            buckets[-1][1].append(message_id)
+        else:
+            buckets.append((expires, [message_id]))
+        while len(outcomes) > self.max_entries and len(buckets) > 1:
+            self._drop_oldest()
 
     def expire(self, now: float) -> None:
-        order = self._order
-        while order and order[0][0] <= now:
-            self._evict_one()
+        buckets = self._buckets
+        while buckets and buckets[0][0] <= now:
+            self._drop_oldest()
 
-    def _evict_one(self) -> None:
-        _, message_id = self._order.popleft()
-        reply = self._replies.pop(message_id)
-        self.used -= len(message_id) + len(reply) + _ENTRY_OVERHEAD
+    def _drop_oldest(self) -> None:
+        _, ids = self._buckets.popleft()
+        pop = self._outcomes.pop
+        for message_id in ids:
+            pop(message_id, None)
