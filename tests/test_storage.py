@@ -72,3 +72,40 @@ def test_reply_cache_memory_is_bounded() -> None:
     assert len(cache) <= 5_000
     assert cache.get((9_999).to_bytes(16, "big")) == 0  # newest kept
     assert cache.get((0).to_bytes(16, "big")) is None  # oldest dropped early
+
+
+def test_apply_keeps_the_newer_stamp() -> None:
+    store = Storage(budget_bytes=1 << 20)
+    assert store.apply(b"k", b"new", 2, stamp=20, now=0.0)
+    assert not store.apply(b"k", b"old", 1, stamp=10, now=0.0)
+    assert store.get(b"k") == (b"new", 2, 20)
+
+
+def test_stamped_remove_leaves_a_tombstone_that_beats_older_copies() -> None:
+    store = Storage(budget_bytes=1 << 20)
+    store.put(b"k", b"v", 0, stamp=10)
+    assert store.remove(b"k", stamp=11, now=5.0)
+    assert store.get(b"k") is None and len(store) == 0
+    assert not store.apply(b"k", b"v", 0, stamp=10, now=6.0)  # the old copy stays dead
+    assert store.get(b"k") is None
+    assert store.apply(b"k", b"again", 0, stamp=12, now=6.0)  # a newer write wins
+    assert store.get(b"k") == (b"again", 0, 12)
+
+
+def test_tombstones_collected_after_ttl() -> None:
+    store = Storage(budget_bytes=1 << 20)
+    store.put(b"k", b"v", 0, stamp=1)
+    store.remove(b"k", stamp=2, now=0.0)
+    store.collect_tombstones(now=10.0, ttl=60.0)
+    assert store.entry(b"k") == (None, 0, 2)
+    store.collect_tombstones(now=60.0, ttl=60.0)
+    assert store.entry(b"k") is None and store.used == 0
+
+
+def test_live_count_and_accounting_through_tombstones() -> None:
+    store = Storage(budget_bytes=1 << 20)
+    store.put(b"a", b"1234", 0, stamp=1)
+    store.remove(b"a", stamp=2, now=0.0)
+    assert len(store) == 0 and store.used == 1 + ENTRY_OVERHEAD
+    store.apply(b"a", b"12", 0, stamp=3, now=0.0)
+    assert len(store) == 1 and store.used == 1 + 2 + ENTRY_OVERHEAD

@@ -10,6 +10,7 @@ import random
 from dataclasses import dataclass, field
 
 from ringkv.core.membership import Membership, MembershipConfig
+from ringkv.core.replication import Replication
 from ringkv.core.replies import DEFAULT_RETENTION, ReplyCache
 from ringkv.core.ring import Ring
 from ringkv.core.storage import Storage
@@ -43,6 +44,7 @@ class NodeConfig:
     replicas: int = 3
     reply_retention: float = DEFAULT_RETENTION
     membership: MembershipConfig | None = None
+    clock_offset: float = 0.0  # wall clock minus `now`, for write stamps
 
 
 @dataclass
@@ -68,6 +70,8 @@ class Node:
         self.replies = ReplyCache(config.reply_retention)
         self.stats = NodeStats()
         self.exit_requested = False
+        # Data-port sends caused by gossip go out with the next tick.
+        self._pending_data: list[Send] = []
         n_nodes = len(config.servers)
         self.ring = Ring(n_nodes)
         # A one-node cluster has nobody to gossip with.
@@ -77,6 +81,12 @@ class Node:
             else None
         )
         self._gossip_addrs = [gossip_addr(addr) for addr in config.servers]
+        self.replication = Replication(
+            self.index, config.servers, self.ring, config.replicas, self.storage, self.replies,
+            config.clock_offset,
+        )  # fmt: skip
+        self.replication.alive = self._alive()
+        self._seen_pauses = 0
 
     # -- entry points -------------------------------------------------------
 
@@ -97,14 +107,38 @@ class Node:
         """A datagram on the gossip port (membership)."""
         if self.membership is None:
             return []
-        return self._to_gossip(self.membership.on_message(data, now))
+        sends = self._to_gossip(self.membership.on_message(data, now))
+        self._pending_data.extend(self._follow_membership(now))
+        return sends
 
     def on_tick(self, now: float) -> Outbox:
         self.replies.expire(now)
+        self.storage.collect_tombstones(now)
         outbox = Outbox()
         if self.membership is not None:
             outbox.gossip = self._to_gossip(self.membership.on_tick(now))
+            outbox.data = self._follow_membership(now)
+        outbox.data.extend(self.replication.on_tick(now))
+        if self._pending_data:
+            outbox.data.extend(self._pending_data)
+            self._pending_data = []
         return outbox
+
+    def _alive(self) -> frozenset[int]:
+        return frozenset((self.index,)) if self.membership is None else self.membership.alive()
+
+    def _follow_membership(self, now: float) -> list[Send]:
+        """Tell replication about a pause of this node or a change in who is alive."""
+        membership = self.membership
+        assert membership is not None
+        sends: list[Send] = []
+        if membership.pauses != self._seen_pauses:
+            self._seen_pauses = membership.pauses
+            self.replication.alive = membership.alive()
+            sends.extend(self.replication.on_pause(membership.last_pause_gap, now))
+        if membership.alive() is not self.replication.alive:
+            sends.extend(self.replication.on_view(membership.alive(), now))
+        return sends
 
     def _to_gossip(self, sends: list[tuple[bytes, int]]) -> list[Send]:
         addrs = self._gossip_addrs
@@ -129,6 +163,9 @@ class Node:
             "states": self._view_states(),
             "pauses": 0 if self.membership is None else self.membership.pauses,
             "keys": len(self.storage),
+            "roles": self.replication.roles(),
+            "transfers": self.replication.transfers_in_progress(),
+            "unsynced_slots": self.replication.unsynced_slots(),
             "stored_bytes": self.storage.used,
             "requests": self.stats.requests,
             "forwarded": self.stats.forwarded,
@@ -145,44 +182,36 @@ class Node:
             err = _validate(request)
             if err:
                 return [(encode_response(message_id, err), src)]
-            owner = self._owner(request.key)
-            if owner != self.index:
-                self.stats.forwarded += 1
-                return [(peer.encode_forward(src, data), self.config.servers[owner])]
-            return self._execute(message_id, request, src, now)
+            return self.replication.on_key_request(message_id, request, data, src, 0, now)
         return self._admin(message_id, command, src, now)
 
     def _on_peer(self, data: bytes, src: Addr, now: float) -> list[Send]:
         kind = peer.kind_of(data)
-        if kind == peer.STATUS_REQUEST:
-            return [(peer.encode_status_reply(peer.status_token(data), self.status()), src)]
+        replication = self.replication
         try:
-            client, datagram = peer.decode_forward(data)
-            message_id, payload = decode_msg(datagram)
-            request = decode_request(payload)
+            if kind == peer.FORWARD:
+                client, datagram, hops = peer.decode_forward(data)
+                message_id, payload = decode_msg(datagram)
+                request = decode_request(payload)
+                self.stats.forwarded += 1
+                return replication.on_key_request(message_id, request, datagram, client, hops, now)
+            if kind == peer.REPLICATE:
+                return replication.on_replicate(data, now)
+            if kind == peer.ACK:
+                replication.on_ack(data)
+                return []
+            if kind == peer.SYNC_REQUEST:
+                return replication.on_sync_request(data, src)
+            if kind == peer.SYNC_DATA:
+                return replication.on_sync_data(data, now)
+            if kind == peer.SYNC_DONE:
+                return replication.on_sync_done(data, now)
+            if kind == peer.STATUS_REQUEST:
+                return [(peer.encode_status_reply(peer.status_token(data), self.status()), src)]
         except (peer.PeerDecodeError, WireError):
-            self.stats.dropped += 1
-            return []
-        return self._execute(message_id, request, client, now)
-
-    def _execute(self, message_id: bytes, request: KVRequest, src: Addr, now: float) -> list[Send]:
-        """Run a validated key command here, at most once per message ID."""
-        done = self.replies.get(message_id)
-        if done is not None:
-            return [(encode_response(message_id, done), src)]
-        command = request.command
-        if command == _GET:
-            entry = self.storage.get(request.key)
-            if entry is None:
-                return [(encode_response(message_id, Err.NO_KEY), src)]
-            return [(encode_response(message_id, Err.OK, value=entry[0], version=entry[1]), src)]
-        if command == _PUT:
-            stored = self.storage.put(request.key, request.value, request.version)
-            err = Err.OK if stored else Err.NO_SPACE
-        else:
-            err = Err.OK if self.storage.remove(request.key) else Err.NO_KEY
-        self.replies.put(message_id, err, now)
-        return [(encode_response(message_id, err), src)]
+            pass
+        self.stats.dropped += 1
+        return []
 
     def _admin(self, message_id: bytes, command: int, src: Addr, now: float) -> list[Send]:
         """Commands answered by the node that received them."""
@@ -205,14 +234,6 @@ class Node:
         else:
             reply = encode_response(message_id, Err.BAD_COMMAND)
         return [(reply, src)]
-
-    # -- routing ------------------------------------------------------------
-
-    def _owner(self, key: bytes) -> int:
-        """The node that executes a key's requests: for now its first live node."""
-        if self.membership is None:
-            return self.index
-        return self.ring.chain(key, self.membership.alive(), 1)[0]
 
 
 def _validate(request: KVRequest) -> int:

@@ -1,5 +1,11 @@
 """The node's key -> (value, version, stamp) map, counted against a memory budget.
 
+Every write carries a stamp, ordered per key across the whole cluster (see
+replication). A copy of a key only ever moves forward: `apply` keeps the
+higher stamp. A remove leaves a tombstone (value None) with its stamp, so an
+older copy arriving later from a node that missed the remove cannot bring
+the key back; tombstones are collected after `TOMBSTONE_TTL`.
+
 Memory is accounted on stored bytes: key and value lengths plus a fixed
 per-entry overhead that approximates what CPython spends on the dict slot,
 the tuple and the bytes headers. A write that would take the total past the
@@ -8,52 +14,108 @@ budget is refused and stores nothing; the node answers it with errCode 2.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 
 # dict slot + 3-tuple + two bytes headers, measured on CPython 3.11 (~190 B);
 # a little under so that the 512 MB default is not consumed by bookkeeping.
 ENTRY_OVERHEAD = 160
+TOMBSTONE_TTL = 300.0  # seconds; a node paused longer than this drops its copies
 
-Entry = tuple[bytes, int, int]  # value, version, stamp
+Entry = tuple[bytes | None, int, int]  # value (None: removed), version, stamp
 
 
 class Storage:
-    __slots__ = ("_data", "budget", "used")
+    __slots__ = ("_data", "_tombstones", "budget", "live", "used")
 
     def __init__(self, budget_bytes: int) -> None:
         self._data: dict[bytes, Entry] = {}
+        self._tombstones: deque[tuple[float, bytes, int]] = deque()  # (when, key, stamp)
         self.budget = budget_bytes
         self.used = 0
+        self.live = 0  # keys with a value (not tombstones)
 
     def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, key: bytes) -> bool:
-        return key in self._data
+        return self.live
 
     def get(self, key: bytes) -> Entry | None:
+        """The live entry of a key, None if absent or removed."""
+        entry = self._data.get(key)
+        return entry if entry is not None and entry[0] is not None else None
+
+    def entry(self, key: bytes) -> Entry | None:
+        """The raw entry, tombstones included."""
         return self._data.get(key)
+
+    def stamp_of(self, key: bytes) -> int:
+        entry = self._data.get(key)
+        return entry[2] if entry is not None else 0
+
+    def fits(self, key: bytes, value: bytes) -> bool:
+        return self._delta(key, value) <= 0 or self.used + self._delta(key, value) <= self.budget
 
     def put(self, key: bytes, value: bytes, version: int, stamp: int = 0) -> bool:
         """Store the entry; False (and nothing stored) if it would exceed the budget."""
-        old = self._data.get(key)
-        delta = len(value) - (len(old[0]) if old else -(len(key) + ENTRY_OVERHEAD))
+        delta = self._delta(key, value)
         if delta > 0 and self.used + delta > self.budget:
             return False
+        old = self._data.get(key)
+        if old is None or old[0] is None:
+            self.live += 1
         self._data[key] = (value, version, stamp)
         self.used += delta
         return True
 
-    def remove(self, key: bytes) -> bool:
-        old = self._data.pop(key, None)
-        if old is None:
+    def remove(self, key: bytes, stamp: int = 0, now: float = 0.0) -> bool:
+        """Remove a key; True if it had a value. A stamped remove leaves a tombstone."""
+        old = self._data.get(key)
+        existed = old is not None and old[0] is not None
+        if old is not None:
+            self.used -= self._size(key, old)
+            del self._data[key]
+        if existed:
+            self.live -= 1
+        if stamp:
+            self._data[key] = (None, 0, stamp)
+            self.used += len(key) + ENTRY_OVERHEAD
+            self._tombstones.append((now, key, stamp))
+        return existed
+
+    def apply(self, key: bytes, value: bytes | None, version: int, stamp: int, now: float) -> bool:
+        """Take a replicated or transferred copy if it is newer than ours."""
+        old = self._data.get(key)
+        if old is not None and old[2] >= stamp:
             return False
-        self.used -= len(key) + len(old[0]) + ENTRY_OVERHEAD
-        return True
+        if value is None:
+            self.remove(key, stamp, now)
+            return True
+        return self.put(key, value, version, stamp)
+
+    def collect_tombstones(self, now: float, ttl: float = TOMBSTONE_TTL) -> None:
+        queue = self._tombstones
+        while queue and queue[0][0] + ttl <= now:
+            _, key, stamp = queue.popleft()
+            entry = self._data.get(key)
+            if entry is not None and entry[0] is None and entry[2] == stamp:
+                del self._data[key]
+                self.used -= len(key) + ENTRY_OVERHEAD
 
     def wipe(self) -> None:
         self._data.clear()
+        self._tombstones.clear()
         self.used = 0
+        self.live = 0
 
     def items(self) -> Iterator[tuple[bytes, Entry]]:
+        """A snapshot of every entry, tombstones included."""
         return iter(list(self._data.items()))
+
+    def _delta(self, key: bytes, value: bytes) -> int:
+        old = self._data.get(key)
+        if old is None:
+            return len(key) + len(value) + ENTRY_OVERHEAD
+        return len(value) - (len(old[0]) if old[0] is not None else 0)
+
+    @staticmethod
+    def _size(key: bytes, entry: Entry) -> int:
+        return len(key) + (len(entry[0]) if entry[0] is not None else 0) + ENTRY_OVERHEAD

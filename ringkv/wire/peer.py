@@ -5,6 +5,8 @@ which no client `Msg` does in practice (it would need field 10 first).
 A FORWARD carries a client's datagram untouched plus the client's address,
 so the node that executes it can answer the client directly. STATUS asks a
 node for a small JSON summary of itself (for `ringkv cluster status`).
+REPLICATE / ACK carry a write down a chain and its acknowledgement back up;
+SYNC_REQUEST / SYNC_DATA / SYNC_DONE transfer the keys of ring slots.
 """
 
 from __future__ import annotations
@@ -17,30 +19,41 @@ MAGIC = b"RK"
 FORWARD = 1
 STATUS_REQUEST = 2
 STATUS_REPLY = 3
+REPLICATE = 4
+ACK = 5
+SYNC_REQUEST = 6
+SYNC_DATA = 7
+SYNC_DONE = 8
 
-_FORWARD_HEAD = struct.Struct("!2sBHB")  # magic, kind, client port, host length
+# Values up to 10,000 bytes: a SYNC_DATA batch stays well inside one datagram.
+SYNC_BATCH_BYTES = 30_000
+
+_FORWARD_HEAD = struct.Struct("!2sBBHB")  # magic, kind, hops, client port, host length
 
 
 class PeerDecodeError(ValueError):
     """A peer datagram that does not parse."""
 
 
-def encode_forward(client: tuple[str, int], datagram: bytes) -> bytes:
+Addr = tuple[str, int]
+
+
+def encode_forward(client: Addr, datagram: bytes, hops: int = 1) -> bytes:
     host = client[0].encode()
-    return _FORWARD_HEAD.pack(MAGIC, FORWARD, client[1], len(host)) + host + datagram
+    return _FORWARD_HEAD.pack(MAGIC, FORWARD, hops, client[1], len(host)) + host + datagram
 
 
-def decode_forward(data: bytes) -> tuple[tuple[str, int], bytes]:
-    """Return (client address, client datagram) of a FORWARD."""
+def decode_forward(data: bytes) -> tuple[Addr, bytes, int]:
+    """Return (client address, client datagram, hops so far) of a FORWARD."""
     try:
-        magic, kind, port, host_len = _FORWARD_HEAD.unpack_from(data)
+        magic, kind, hops, port, host_len = _FORWARD_HEAD.unpack_from(data)
     except struct.error as exc:
         raise PeerDecodeError("short peer datagram") from exc
     start = _FORWARD_HEAD.size
     if magic != MAGIC or kind != FORWARD or len(data) < start + host_len:
         raise PeerDecodeError("not a FORWARD")
     host = data[start : start + host_len].decode(errors="replace")
-    return (host, port), data[start + host_len :]
+    return (host, port), data[start + host_len :], hops
 
 
 def kind_of(data: bytes) -> int:
@@ -72,3 +85,148 @@ def decode_status_reply(data: bytes) -> tuple[bytes, dict[str, Any]]:
     if not isinstance(status, dict):
         raise PeerDecodeError("bad STATUS body")
     return data[4:end], status
+
+
+# -- chain replication ---------------------------------------------------------
+
+# magic, kind, removed, err, stamp, version, client port, host, id, key, path lengths
+_REPLICATE_HEAD = struct.Struct("!2sBBBQiHBBBB")
+
+
+class Write:
+    """A write travelling down a chain, with what the tail needs to answer the client."""
+
+    __slots__ = ("client", "err", "key", "message_id", "path", "stamp", "value", "version")
+
+    def __init__(
+        self,
+        message_id: bytes,
+        client: Addr,
+        err: int,
+        key: bytes,
+        value: bytes | None,
+        version: int,
+        stamp: int,
+        path: tuple[int, ...],
+    ) -> None:
+        self.message_id = message_id
+        self.client = client
+        self.err = err
+        self.key = key
+        self.value = value  # None: a remove
+        self.version = version
+        self.stamp = stamp
+        self.path = path  # nodes that applied it, head first
+
+
+def encode_replicate(write: Write) -> bytes:
+    host = write.client[0].encode()
+    removed = write.value is None
+    head = _REPLICATE_HEAD.pack(
+        MAGIC, REPLICATE, removed, write.err, write.stamp, write.version, write.client[1],
+        len(host), len(write.message_id), len(write.key), len(write.path),
+    )  # fmt: skip
+    path = struct.pack(f"!{len(write.path)}H", *write.path)
+    value = b"" if write.value is None else write.value
+    return b"".join((head, host, write.message_id, write.key, path, value))
+
+
+def decode_replicate(data: bytes) -> Write:
+    try:
+        (_, _, removed, err, stamp, version, port, host_len, id_len, key_len, path_len) = (
+            _REPLICATE_HEAD.unpack_from(data)
+        )
+        pos = _REPLICATE_HEAD.size
+        host = data[pos : pos + host_len].decode(errors="replace")
+        pos += host_len
+        message_id = data[pos : pos + id_len]
+        pos += id_len
+        key = data[pos : pos + key_len]
+        pos += key_len
+        path = struct.unpack_from(f"!{path_len}H", data, pos)
+        pos += 2 * path_len
+    except struct.error as exc:
+        raise PeerDecodeError("short REPLICATE") from exc
+    value = None if removed else data[pos:]
+    return Write(message_id, (host, port), err, key, value, version, stamp, path)
+
+
+def encode_ack(message_id: bytes) -> bytes:
+    return MAGIC + bytes((ACK,)) + message_id
+
+
+def decode_ack(data: bytes) -> bytes:
+    return data[3:]
+
+
+# -- key transfer ----------------------------------------------------------------
+
+_SYNC_HEAD = struct.Struct("!2sBIH")  # magic, kind, request id, count / batch number
+_ENTRY_HEAD = struct.Struct("!BBQiH")  # key length, removed, stamp, version, value length
+
+TransferEntry = tuple[bytes, bytes | None, int, int]  # key, value (None: removed), version, stamp
+
+
+def encode_sync_request(request_id: int, slots: list[int]) -> bytes:
+    head = _SYNC_HEAD.pack(MAGIC, SYNC_REQUEST, request_id, len(slots))
+    return head + struct.pack(f"!{len(slots)}I", *slots)
+
+
+def decode_sync_request(data: bytes) -> tuple[int, list[int]]:
+    try:
+        _, _, request_id, count = _SYNC_HEAD.unpack_from(data)
+        return request_id, list(struct.unpack_from(f"!{count}I", data, _SYNC_HEAD.size))
+    except struct.error as exc:
+        raise PeerDecodeError("short SYNC_REQUEST") from exc
+
+
+def encode_sync_batches(request_id: int, entries: list[TransferEntry]) -> list[bytes]:
+    """SYNC_DATA datagrams numbered 0.. followed by SYNC_DONE with their count."""
+    batches: list[bytes] = []
+    parts: list[bytes] = []
+    size = 0
+    for key, value, version, stamp in entries:
+        body = b"" if value is None else value
+        parts.append(_ENTRY_HEAD.pack(len(key), value is None, stamp, version, len(body)))
+        parts.append(key)
+        parts.append(body)
+        size += _ENTRY_HEAD.size + len(key) + len(body)
+        if size >= SYNC_BATCH_BYTES:
+            batches.append(_batch(request_id, len(batches), parts))
+            parts, size = [], 0
+    if parts:
+        batches.append(_batch(request_id, len(batches), parts))
+    batches.append(_SYNC_HEAD.pack(MAGIC, SYNC_DONE, request_id, len(batches)))
+    return batches
+
+
+def _batch(request_id: int, number: int, parts: list[bytes]) -> bytes:
+    return _SYNC_HEAD.pack(MAGIC, SYNC_DATA, request_id, number) + b"".join(parts)
+
+
+def decode_sync_head(data: bytes) -> tuple[int, int]:
+    """(request id, batch number or, for SYNC_DONE, the number of batches)."""
+    try:
+        _, _, request_id, number = _SYNC_HEAD.unpack_from(data)
+    except struct.error as exc:
+        raise PeerDecodeError("short SYNC message") from exc
+    return request_id, number
+
+
+def decode_sync_entries(data: bytes) -> list[TransferEntry]:
+    entries: list[TransferEntry] = []
+    pos = _SYNC_HEAD.size
+    try:
+        while pos < len(data):
+            key_len, removed, stamp, version, value_len = _ENTRY_HEAD.unpack_from(data, pos)
+            pos += _ENTRY_HEAD.size
+            key = data[pos : pos + key_len]
+            pos += key_len
+            value = None if removed else data[pos : pos + value_len]
+            pos += value_len
+            entries.append((key, value, version, stamp))
+    except struct.error as exc:
+        raise PeerDecodeError("truncated SYNC_DATA") from exc
+    if pos != len(data):
+        raise PeerDecodeError("truncated SYNC_DATA")
+    return entries

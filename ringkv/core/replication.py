@@ -1,0 +1,394 @@
+"""Chain replication over the ring, and key transfer when membership changes.
+
+Roles come from each node's own view of the ring: for a key's chain
+(head … tail), the head orders writes, every member applies them in turn,
+and the tail answers the client and acknowledges to every node that applied
+the write. A write carries the path of nodes that applied it, and always
+moves on to the first member of the *current* chain not on its path, so a
+chain that changes while a write is in flight is still walked completely.
+Members keep writes not yet acknowledged and resend them on every tick.
+
+Stamps order writes per key across the cluster: a hybrid logical clock
+(wall-clock microseconds, never behind the key's last stamp) in the high
+bits and the head's index in the low 12 bits. A head that takes over after
+a failure stamps later than anything its predecessor could have stamped, as
+long as hosts' clocks agree to better than the failure-detection time.
+
+Key transfer is by ring slot. A node that becomes a member of a slot's
+chain (a node died and it is next on the ring, or it came back) pulls the
+slot from every other member and, until all have answered, does not serve
+the slot: reads go to its predecessor and writes to its successor, which act
+for it. After every view change, once views have had time to agree, each
+node pulls the slots whose chain changed once more, so a write that went
+around a node because of a late view still reaches it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from ringkv.core.replies import ReplyCache
+from ringkv.core.ring import Ring, key_position
+from ringkv.core.storage import TOMBSTONE_TTL, Storage
+from ringkv.wire import peer
+from ringkv.wire.codec import Command, Err, KVRequest, encode_response
+from ringkv.wire.peer import Write
+
+Addr = tuple[str, int]
+Send = tuple[bytes, Addr]
+
+MAX_HOPS = 2  # a request forwarded this many times is executed where it lands
+RESEND_AFTER = 0.3  # seconds without an ACK before a write is sent down again
+GIVE_UP_AFTER = 30.0  # a write nobody acknowledges for this long is dropped
+SYNC_RETRY = 1.0  # a transfer not complete after this long is asked for again
+SETTLE = 2.0  # seconds after the last view change before the settling pull
+_STAMP_NODE_BITS = 12
+
+
+@dataclass
+class _Pending:
+    write: Write
+    sent_at: float
+    since: float
+
+
+@dataclass
+class _Transfer:
+    source: int
+    slots: list[int]
+    gating: bool  # the slots are not served until it completes
+    sent_at: float
+    received: set[int] = field(default_factory=set)
+    expected: int | None = None
+
+
+@dataclass
+class ReplicationStats:
+    writes_led: int = 0
+    replicated: int = 0
+    refused_copies: int = 0
+    transfers_done: int = 0
+    keys_received: int = 0
+
+
+class Replication:
+    def __init__(
+        self,
+        index: int,
+        servers: tuple[Addr, ...],
+        ring: Ring,
+        replicas: int,
+        storage: Storage,
+        replies: ReplyCache,
+        clock_offset: float = 0.0,
+    ) -> None:
+        self.index = index
+        self.servers = servers
+        self.ring = ring
+        self.replicas = replicas
+        self.storage = storage
+        self.replies = replies
+        self.clock_offset = clock_offset
+        self.stats = ReplicationStats()
+        self.alive: frozenset[int] = frozenset(range(len(servers)))
+        self._my_slots = self._slots_of_mine(self.alive)
+        self._pending: dict[bytes, _Pending] = {}
+        self._last_stamp = 0
+        self._request_ids = itertools.count(1)
+        self._transfers: dict[int, _Transfer] = {}
+        self._unsynced: dict[int, set[int]] = {}  # slot -> sources still to answer
+        self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
+        self._settle_at: float | None = None
+        self._settle_slots: set[int] = set()
+
+    # -- client requests ------------------------------------------------------
+
+    def on_key_request(
+        self, message_id: bytes, request: KVRequest, data: bytes, client: Addr, hops: int,
+        now: float,
+    ) -> list[Send]:  # fmt: skip
+        key = request.key
+        slot = self.ring.slot_of(key_position(key))
+        chain = self.ring.chain_at(slot, self.alive, self.replicas)
+        is_read = request.command == Command.GET
+        target = chain[-1] if is_read else chain[0]
+        if target != self.index and hops < MAX_HOPS:
+            return [(peer.encode_forward(client, data, hops + 1), self.servers[target])]
+        if slot in self._unsynced and hops < MAX_HOPS:
+            neighbour = _neighbour(chain, self.index, before=is_read)
+            if neighbour is not None:
+                if not is_read:
+                    self._delegated.add(slot)
+                return [(peer.encode_forward(client, data, MAX_HOPS), self.servers[neighbour])]
+        if is_read:
+            return [(self._read(message_id, key), client)]
+        return self._lead_write(message_id, request, client, chain, now)
+
+    def _read(self, message_id: bytes, key: bytes) -> bytes:
+        entry = self.storage.get(key)
+        if entry is None:
+            return encode_response(message_id, Err.NO_KEY)
+        return encode_response(message_id, Err.OK, value=entry[0], version=entry[1])
+
+    def _lead_write(
+        self, message_id: bytes, request: KVRequest, client: Addr, chain: tuple[int, ...],
+        now: float,
+    ) -> list[Send]:  # fmt: skip
+        pending = self._pending.get(message_id)
+        if pending is not None:  # a retry of a write still on its way down
+            return self._send_down(pending.write, now)
+        done = self.replies.get(message_id)
+        if done is not None:
+            return [(encode_response(message_id, done), client)]
+        key = request.key
+        if request.command == Command.PUT:
+            if not self.storage.fits(key, request.value):
+                self.replies.put(message_id, Err.NO_SPACE, now)
+                return [(encode_response(message_id, Err.NO_SPACE), client)]
+            value: bytes | None = request.value
+        else:
+            if self.storage.get(key) is None:
+                self.replies.put(message_id, Err.NO_KEY, now)
+                return [(encode_response(message_id, Err.NO_KEY), client)]
+            value = None
+        stamp = self._next_stamp(key, now)
+        self.storage.apply(key, value, request.version, stamp, now)
+        self.replies.put(message_id, Err.OK, now)
+        self.stats.writes_led += 1
+        write = Write(message_id, client, Err.OK, key, value, request.version, stamp, (self.index,))
+        return self._send_down(write, now)
+
+    def _next_stamp(self, key: bytes, now: float) -> int:
+        wall = int((now + self.clock_offset) * 1_000_000)
+        floor = max(self._last_stamp, self.storage.stamp_of(key)) >> _STAMP_NODE_BITS
+        stamp = (max(wall, floor + 1) << _STAMP_NODE_BITS) | self.index
+        self._last_stamp = stamp
+        return stamp
+
+    # -- down the chain and back ------------------------------------------------
+
+    def on_replicate(self, data: bytes, now: float) -> list[Send]:
+        write = peer.decode_replicate(data)
+        if not self.storage.apply(write.key, write.value, write.version, write.stamp, now):
+            if self.storage.stamp_of(write.key) < write.stamp:
+                self.stats.refused_copies += 1  # over budget here: the chain goes on
+        self.replies.put(write.message_id, write.err, now)
+        self.stats.replicated += 1
+        if self.index not in write.path:
+            write.path = (*write.path, self.index)
+        return self._send_down(write, now)
+
+    def _send_down(self, write: Write, now: float) -> list[Send]:
+        """Pass a write to the next member that has not applied it, or finish it here."""
+        slot = self.ring.slot_of(key_position(write.key))
+        chain = self.ring.chain_at(slot, self.alive, self.replicas)
+        successor = next((m for m in chain if m not in write.path), None)
+        if successor is None:
+            return self._finish(write)
+        previous = self._pending.get(write.message_id)
+        since = previous.since if previous else now
+        self._pending[write.message_id] = _Pending(write, now, since)
+        return [(peer.encode_replicate(write), self.servers[successor])]
+
+    def _finish(self, write: Write) -> list[Send]:
+        """The tail: the write is on every member; answer the client, tell the path."""
+        self._pending.pop(write.message_id, None)
+        sends: list[Send] = [(encode_response(write.message_id, write.err), write.client)]
+        ack = peer.encode_ack(write.message_id)
+        sends.extend((ack, self.servers[m]) for m in write.path if m != self.index)
+        return sends
+
+    def on_ack(self, data: bytes) -> None:
+        self._pending.pop(peer.decode_ack(data), None)
+
+    # -- membership changes -----------------------------------------------------
+
+    def on_view(self, alive: frozenset[int], now: float) -> list[Send]:
+        """The set of live nodes changed: pull newly owned slots, plan the settling pull."""
+        old_alive, self.alive = self.alive, alive
+        old_slots, self._my_slots = self._my_slots, self._slots_of_mine(alive)
+        gained = self._my_slots - old_slots
+        ring, r = self.ring, self.replicas
+        changed = {
+            s
+            for s in self._my_slots
+            if ring.chain_at(s, alive, r) != ring.chain_at(s, old_alive, r)
+        }
+        self._settle_slots |= changed
+        self._settle_at = now + SETTLE
+        for slot in list(self._unsynced):
+            if slot not in self._my_slots:
+                del self._unsynced[slot]
+        return self._pull(gained, now, gating=True)
+
+    def on_pause(self, gap: float, now: float) -> list[Send]:
+        """This node was stopped: nothing it holds can be trusted until pulled again."""
+        if gap > TOMBSTONE_TTL:
+            self.storage.wipe()  # its tombstones may be gone elsewhere: old copies must go
+        self._settle_slots |= self._my_slots
+        self._settle_at = now + SETTLE
+        return self._pull(self._my_slots, now, gating=True)
+
+    def _slots_of_mine(self, alive: frozenset[int]) -> set[int]:
+        ring, r, me = self.ring, self.replicas, self.index
+        return {s for s in range(ring.slots) if me in ring.chain_at(s, alive, r)}
+
+    def _pull(self, slots: set[int], now: float, gating: bool) -> list[Send]:
+        by_source: dict[int, list[int]] = {}
+        for slot in sorted(slots):
+            sources = [
+                m for m in self.ring.chain_at(slot, self.alive, self.replicas) if m != self.index
+            ]
+            if gating:
+                if sources:
+                    self._unsynced[slot] = set(sources)
+                else:
+                    self._unsynced.pop(slot, None)
+            for source in sources:
+                by_source.setdefault(source, []).append(slot)
+        return [self._request(source, s, gating, now) for source, s in by_source.items()]
+
+    def _request(self, source: int, slots: list[int], gating: bool, now: float) -> Send:
+        request_id = next(self._request_ids)
+        self._transfers[request_id] = _Transfer(source, slots, gating, now)
+        return (peer.encode_sync_request(request_id, slots), self.servers[source])
+
+    # -- transfer: serving and receiving ------------------------------------------
+
+    def on_sync_request(self, data: bytes, src: Addr) -> list[Send]:
+        request_id, slots = peer.decode_sync_request(data)
+        wanted = set(slots)
+        slot_of = self.ring.slot_of
+        entries = [
+            (key, value, version, stamp)
+            for key, (value, version, stamp) in self.storage.items()
+            if slot_of(key_position(key)) in wanted
+        ]
+        return [(batch, src) for batch in peer.encode_sync_batches(request_id, entries)]
+
+    def on_sync_data(self, data: bytes, now: float) -> list[Send]:
+        request_id, number = peer.decode_sync_head(data)
+        transfer = self._transfers.get(request_id)
+        if transfer is None or number in transfer.received:
+            return []
+        for key, value, version, stamp in peer.decode_sync_entries(data):
+            if self.storage.apply(key, value, version, stamp, now):
+                self.stats.keys_received += 1
+        transfer.received.add(number)
+        return self._maybe_complete(request_id, transfer, now)
+
+    def on_sync_done(self, data: bytes, now: float) -> list[Send]:
+        request_id, count = peer.decode_sync_head(data)
+        transfer = self._transfers.get(request_id)
+        if transfer is None:
+            return []
+        transfer.expected = count
+        return self._maybe_complete(request_id, transfer, now)
+
+    def _maybe_complete(self, request_id: int, transfer: _Transfer, now: float) -> list[Send]:
+        if transfer.expected is None or len(transfer.received) < transfer.expected:
+            return []
+        del self._transfers[request_id]
+        self.stats.transfers_done += 1
+        if not transfer.gating:
+            return []
+        again: list[int] = []
+        for slot in transfer.slots:
+            waiting = self._unsynced.get(slot)
+            if waiting is None:
+                continue
+            waiting.discard(transfer.source)
+            if waiting:
+                continue
+            if slot in self._delegated:
+                # Writes went to a neighbour meanwhile: pull once more to have them.
+                self._delegated.discard(slot)
+                waiting.add(transfer.source)
+                again.append(slot)
+            else:
+                del self._unsynced[slot]
+        return [self._request(transfer.source, again, True, now)] if again else []
+
+    # -- time -------------------------------------------------------------------
+
+    def on_tick(self, now: float) -> list[Send]:
+        sends = self._resend_pending(now)
+        sends.extend(self._retry_transfers(now))
+        if self._settle_at is not None and now >= self._settle_at:
+            sends.extend(self._settle(now))
+        return sends
+
+    def _resend_pending(self, now: float) -> list[Send]:
+        sends: list[Send] = []
+        for message_id, pending in list(self._pending.items()):
+            if now - pending.since > GIVE_UP_AFTER:
+                del self._pending[message_id]
+            elif now - pending.sent_at >= RESEND_AFTER:
+                sends.extend(self._send_down(pending.write, now))
+        return sends
+
+    def _retry_transfers(self, now: float) -> list[Send]:
+        sends: list[Send] = []
+        for request_id, transfer in list(self._transfers.items()):
+            if now - transfer.sent_at < SYNC_RETRY:
+                continue
+            del self._transfers[request_id]
+            if transfer.source in self.alive:
+                sends.append(self._request(transfer.source, transfer.slots, transfer.gating, now))
+            elif transfer.gating:
+                self._give_up_on(transfer)
+        return sends
+
+    def _give_up_on(self, transfer: _Transfer) -> None:
+        """The source died: the slot is as complete as the remaining members make it."""
+        for slot in transfer.slots:
+            waiting = self._unsynced.get(slot)
+            if waiting is not None:
+                waiting.discard(transfer.source)
+                if not waiting:
+                    del self._unsynced[slot]
+
+    def _settle(self, now: float) -> list[Send]:
+        """Views have had time to agree: pull changed slots again, drop what is not ours."""
+        self._settle_at = None
+        slots, self._settle_slots = self._settle_slots & self._my_slots, set()
+        self._drop_foreign_keys()
+        return self._pull(slots, now, gating=False)
+
+    def _drop_foreign_keys(self) -> None:
+        mine, slot_of = self._my_slots, self.ring.slot_of
+        for key, _ in self.storage.items():
+            if slot_of(key_position(key)) not in mine:
+                self.storage.remove(key)  # no tombstone: just not ours
+
+    # -- status -----------------------------------------------------------------
+
+    def roles(self) -> dict[str, int]:
+        """Live keys held as head, middle and tail (O(keys): for status only)."""
+        counts = {"head": 0, "middle": 0, "tail": 0}
+        ring, alive, r, me = self.ring, self.alive, self.replicas, self.index
+        for key, (value, _, _) in self.storage.items():
+            if value is None:
+                continue
+            chain = ring.chain(key, alive, r)
+            if chain and chain[0] == me:
+                counts["head"] += 1
+            elif chain and chain[-1] == me:
+                counts["tail"] += 1
+            elif me in chain:
+                counts["middle"] += 1
+        return counts
+
+    def transfers_in_progress(self) -> int:
+        return len(self._transfers)
+
+    def unsynced_slots(self) -> int:
+        return len(self._unsynced)
+
+
+def _neighbour(chain: tuple[int, ...], me: int, before: bool) -> int | None:
+    if me not in chain:
+        return None
+    i = chain.index(me) + (-1 if before else 1)
+    return chain[i] if 0 <= i < len(chain) else None
