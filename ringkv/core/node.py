@@ -87,6 +87,7 @@ class Node:
         )  # fmt: skip
         self.replication.alive = self._alive()
         self._seen_pauses = 0
+        self._pending_data.extend(self.replication.on_start(now))
 
     # -- entry points -------------------------------------------------------
 
@@ -125,7 +126,7 @@ class Node:
         return outbox
 
     def _alive(self) -> frozenset[int]:
-        return frozenset((self.index,)) if self.membership is None else self.membership.alive()
+        return frozenset((self.index,)) if self.membership is None else self.membership.healthy()
 
     def _follow_membership(self, now: float) -> list[Send]:
         """Tell replication about a pause of this node or a change in who is alive."""
@@ -134,10 +135,10 @@ class Node:
         sends: list[Send] = []
         if membership.pauses != self._seen_pauses:
             self._seen_pauses = membership.pauses
-            self.replication.alive = membership.alive()
+            self.replication.alive = membership.healthy()
             sends.extend(self.replication.on_pause(membership.last_pause_gap, now))
-        if membership.alive() is not self.replication.alive:
-            sends.extend(self.replication.on_view(membership.alive(), now))
+        if membership.healthy() is not self.replication.alive:
+            sends.extend(self.replication.on_view(membership.healthy(), now))
         return sends
 
     def _to_gossip(self, sends: list[tuple[bytes, int]]) -> list[Send]:

@@ -222,6 +222,10 @@ class Replication:
                 del self._unsynced[slot]
         return self._pull(gained, now, gating=True)
 
+    def on_start(self, now: float) -> list[Send]:
+        """A new process may replace one that crashed: pull every slot before serving it."""
+        return self._pull(self._my_slots, now, gating=True)
+
     def on_pause(self, gap: float, now: float) -> list[Send]:
         """This node was stopped: nothing it holds can be trusted until pulled again."""
         if gap > TOMBSTONE_TTL:
