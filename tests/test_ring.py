@@ -166,3 +166,15 @@ def test_placement_does_not_depend_on_python_hash_seed() -> None:
             [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, check=True
         )
         assert out.stdout == expected
+
+
+def test_slots_with_matches_a_scan_of_every_slot() -> None:
+    rnd = random.Random(7)
+    for n in (1, 2, 5, 40):
+        ring = Ring(n)
+        for _ in range(3):
+            alive = frozenset(i for i in range(n) if rnd.random() < 0.7) or frozenset({0})
+            for r in (1, 3, 4):
+                for node in range(n):
+                    scan = {s for s in range(ring.slots) if node in ring.chain_at(s, alive, r)}
+                    assert ring.slots_with(node, alive, r) == scan

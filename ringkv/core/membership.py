@@ -179,6 +179,9 @@ class Membership:
         self.view_version = 0
         self.local_health = 0
         self.pauses = 0
+        self.deaths = 0  # times this node marked another dead (false deaths show here)
+        self.times_suspected = 0  # times this node heard it was suspected or dead
+        self.suspicions = 0
         self.last_pause = -math.inf  # `now` when a pause was last detected
         self.last_pause_gap = 0.0  # how long that pause was
         self._rumors: dict[int, _Rumor] = {}  # latest update per node, still being spread
@@ -336,11 +339,16 @@ class Membership:
             self._inc[self.index] = max(mine, inc)
         elif inc >= mine:
             self._inc[self.index] = inc + 1
+            self.times_suspected += 1  # others may have routed around us meanwhile
             self._bump_health(1)  # being suspected hints that we are the slow one
             self._rumor(self._entry(self.index))
 
     def _set(self, node: int, state: int, inc: int, origin: int) -> None:
         was_dead = self._state[node] == DEAD
+        if state == DEAD and not was_dead:
+            self.deaths += 1
+        elif state == SUSPECT and self._state[node] == ALIVE:
+            self.suspicions += 1
         self._state[node] = state
         self._inc[node] = inc
         if state == SUSPECT:

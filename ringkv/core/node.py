@@ -45,6 +45,8 @@ class NodeConfig:
     reply_retention: float = DEFAULT_RETENTION
     membership: MembershipConfig | None = None
     clock_offset: float = 0.0  # wall clock minus `now`, for write stamps
+    seed: int | None = None  # for this node's random choices; None: its index
+    ring: Ring | None = None  # share one ring among many nodes in one process (simulator)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class NodeStats:
     requests: int = 0
     forwarded: int = 0
     dropped: int = 0
+    gossip_sent: int = 0
 
 
 class Node:
@@ -73,10 +76,11 @@ class Node:
         # Data-port sends caused by gossip go out with the next tick.
         self._pending_data: list[Send] = []
         n_nodes = len(config.servers)
-        self.ring = Ring(n_nodes)
+        self.ring = config.ring or Ring(n_nodes)
+        seed = self.index if config.seed is None else config.seed
         # A one-node cluster has nobody to gossip with.
         self.membership = (
-            Membership(self.index, n_nodes, config.membership, random.Random(self.index), now)
+            Membership(self.index, n_nodes, config.membership, random.Random(seed), now)
             if n_nodes > 1
             else None
         )
@@ -87,7 +91,8 @@ class Node:
         )  # fmt: skip
         self.replication.alive = self._alive()
         self._seen_pauses = 0
-        self._pending_data.extend(self.replication.on_start(now))
+        self._seen_suspected = 0
+        self.replication.on_start(now)
 
     # -- entry points -------------------------------------------------------
 
@@ -136,12 +141,16 @@ class Node:
         if membership.pauses != self._seen_pauses:
             self._seen_pauses = membership.pauses
             self.replication.alive = membership.healthy()
-            sends.extend(self.replication.on_pause(membership.last_pause_gap, now))
+            self.replication.on_pause(membership.last_pause_gap, now)
+        if membership.times_suspected != self._seen_suspected:
+            self._seen_suspected = membership.times_suspected
+            self.replication.on_suspected(now)
         if membership.healthy() is not self.replication.alive:
             sends.extend(self.replication.on_view(membership.healthy(), now))
         return sends
 
     def _to_gossip(self, sends: list[tuple[bytes, int]]) -> list[Send]:
+        self.stats.gossip_sent += len(sends)
         addrs = self._gossip_addrs
         return [(data, addrs[index]) for data, index in sends]
 
@@ -163,6 +172,8 @@ class Node:
             "count": self.membership_count(),
             "states": self._view_states(),
             "pauses": 0 if self.membership is None else self.membership.pauses,
+            "deaths": 0 if self.membership is None else self.membership.deaths,
+            "suspicions": 0 if self.membership is None else self.membership.suspicions,
             "keys": len(self.storage),
             "roles": self.replication.roles(),
             "transfers": self.replication.transfers_in_progress(),
@@ -171,6 +182,7 @@ class Node:
             "requests": self.stats.requests,
             "forwarded": self.stats.forwarded,
             "dropped": self.stats.dropped,
+            "gossip_sent": self.stats.gossip_sent,
         }
 
     # -- requests -----------------------------------------------------------
@@ -207,6 +219,11 @@ class Node:
                 return replication.on_sync_data(data, now)
             if kind == peer.SYNC_DONE:
                 return replication.on_sync_done(data, now)
+            if kind == peer.HANDOFF:
+                return replication.on_handoff(data, now)
+            if kind == peer.SYNC_CONFIRM:
+                replication.on_sync_confirm(data)
+                return []
             if kind == peer.STATUS_REQUEST:
                 return [(peer.encode_status_reply(peer.status_token(data), self.status()), src)]
         except (peer.PeerDecodeError, WireError):

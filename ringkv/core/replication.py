@@ -20,7 +20,9 @@ slot from every other member and, until all have answered, does not serve
 the slot: reads go to its predecessor and writes to its successor, which act
 for it. After every view change, once views have had time to agree, each
 node pulls the slots whose chain changed once more, so a write that went
-around a node because of a late view still reaches it.
+around a node because of a late view still reaches it; and a node holding
+keys of slots it is no longer a member of asks the members to pull them
+(HANDOFF) and drops them only when every member has confirmed.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ RESEND_AFTER = 0.3  # seconds without an ACK before a write is sent down again
 GIVE_UP_AFTER = 30.0  # a write nobody acknowledges for this long is dropped
 SYNC_RETRY = 1.0  # a transfer not complete after this long is asked for again
 SETTLE = 2.0  # seconds after the last view change before the settling pull
+JOIN_DELAY = 1.0  # seconds after the last view change before a joining node pulls
+HANDOFF_RETRY = 2.0  # seconds between hints to members that have not confirmed
 _STAMP_NODE_BITS = 12
 
 
@@ -59,6 +63,7 @@ class _Transfer:
     slots: list[int]
     gating: bool  # the slots are not served until it completes
     sent_at: float
+    confirm: bool = False  # tell the source when done (a handoff)
     received: set[int] = field(default_factory=set)
     expected: int | None = None
 
@@ -101,6 +106,10 @@ class Replication:
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         self._settle_at: float | None = None
         self._settle_slots: set[int] = set()
+        self._deferred: set[int] = set()  # unsynced slots whose pull waits for views to settle
+        self._pull_at = 0.0
+        self._handoff: dict[int, set[int]] = {}  # foreign slot -> members yet to confirm
+        self._handoff_at: float | None = None
 
     # -- client requests ------------------------------------------------------
 
@@ -112,18 +121,34 @@ class Replication:
         slot = self.ring.slot_of(key_position(key))
         chain = self.ring.chain_at(slot, self.alive, self.replicas)
         is_read = request.command == Command.GET
-        target = chain[-1] if is_read else chain[0]
-        if target != self.index and hops < MAX_HOPS:
-            return [(peer.encode_forward(client, data, hops + 1), self.servers[target])]
-        if slot in self._unsynced and hops < MAX_HOPS:
-            neighbour = _neighbour(chain, self.index, before=is_read)
-            if neighbour is not None:
-                if not is_read:
-                    self._delegated.add(slot)
-                return [(peer.encode_forward(client, data, MAX_HOPS), self.servers[neighbour])]
+        forward_to = self._route(slot, chain, is_read, hops)
+        if forward_to is not None:
+            return [(peer.encode_forward(client, data, hops + 1), self.servers[forward_to])]
         if is_read:
             return [(self._read(message_id, key), client)]
         return self._lead_write(message_id, request, client, chain, now)
+
+    def _route(self, slot: int, chain: tuple[int, ...], is_read: bool, hops: int) -> int | None:
+        """Where to send a request on, or None to execute it here.
+
+        First to the chain's tail (reads) or head (writes) as this node sees
+        the chain; views can differ for a moment, so after MAX_HOPS a member
+        executes what reaches it. A node still pulling the slot hands reads to
+        its predecessor and writes to its successor. The hop limit ends any
+        loop that differing views could make.
+        """
+        if hops >= MAX_HOPS + self.replicas:
+            return None
+        target = chain[-1] if is_read else chain[0]
+        member = self.index in chain
+        if target != self.index and (hops < MAX_HOPS or not member):
+            return target
+        if slot in self._unsynced:
+            neighbour = _neighbour(chain, self.index, before=is_read)
+            if neighbour is not None and not is_read:
+                self._delegated.add(slot)
+            return neighbour
+        return None
 
     def _read(self, message_id: bytes, key: bytes) -> bytes:
         entry = self.storage.get(key)
@@ -148,15 +173,15 @@ class Replication:
                 return [(encode_response(message_id, Err.NO_SPACE), client)]
             value: bytes | None = request.value
         else:
-            if self.storage.get(key) is None:
-                self.replies.put(message_id, Err.NO_KEY, now)
-                return [(encode_response(message_id, Err.NO_KEY), client)]
             value = None
+        # A remove of an absent key goes down the chain too: the tail must not
+        # answer until earlier writes to the key, still on their way, are there.
+        err = Err.OK if value is not None or self.storage.get(key) is not None else Err.NO_KEY
         stamp = self._next_stamp(key, now)
         self.storage.apply(key, value, request.version, stamp, now)
-        self.replies.put(message_id, Err.OK, now)
+        self.replies.put(message_id, err, now)
         self.stats.writes_led += 1
-        write = Write(message_id, client, Err.OK, key, value, request.version, stamp, (self.index,))
+        write = Write(message_id, client, err, key, value, request.version, stamp, (self.index,))
         return self._send_down(write, now)
 
     def _next_stamp(self, key: bytes, now: float) -> int:
@@ -217,26 +242,51 @@ class Replication:
         }
         self._settle_slots |= changed
         self._settle_at = now + SETTLE
+        if self._deferred:
+            self._pull_at = now + JOIN_DELAY  # views are still moving
         for slot in list(self._unsynced):
             if slot not in self._my_slots:
                 del self._unsynced[slot]
-        return self._pull(gained, now, gating=True)
+        self._mark_unsynced(gained, now)
+        return []
 
-    def on_start(self, now: float) -> list[Send]:
+    def on_start(self, now: float) -> None:
         """A new process may replace one that crashed: pull every slot before serving it."""
-        return self._pull(self._my_slots, now, gating=True)
+        self._mark_unsynced(self._my_slots, now)
 
-    def on_pause(self, gap: float, now: float) -> list[Send]:
+    def on_pause(self, gap: float, now: float) -> None:
         """This node was stopped: nothing it holds can be trusted until pulled again."""
         if gap > TOMBSTONE_TTL:
             self.storage.wipe()  # its tombstones may be gone elsewhere: old copies must go
         self._settle_slots |= self._my_slots
         self._settle_at = now + SETTLE
-        return self._pull(self._my_slots, now, gating=True)
+        self._mark_unsynced(self._my_slots, now)
+
+    def on_suspected(self, now: float) -> None:
+        """Others suspected this node and may have routed writes around it: re-pull."""
+        self._mark_unsynced(self._my_slots, now)
+
+    def _mark_unsynced(self, slots: set[int], now: float) -> None:
+        """Stop serving these slots now; pull them once views have had time to agree.
+
+        Pulling at once could miss writes that nodes with an older view still
+        send around this node; JOIN_DELAY after the last view change they
+        route through it, so a pull then sees everything.
+        """
+        for slot in slots:
+            self._unsynced.setdefault(slot, set())
+        self._deferred |= slots
+        if self._deferred:
+            self._pull_at = now + JOIN_DELAY
+
+    def _pull_deferred(self, now: float) -> list[Send]:
+        if not self._deferred or now < self._pull_at:
+            return []
+        slots, self._deferred = self._deferred & self._my_slots, set()
+        return self._pull(slots, now, gating=True)
 
     def _slots_of_mine(self, alive: frozenset[int]) -> set[int]:
-        ring, r, me = self.ring, self.replicas, self.index
-        return {s for s in range(ring.slots) if me in ring.chain_at(s, alive, r)}
+        return self.ring.slots_with(self.index, alive, self.replicas)
 
     def _pull(self, slots: set[int], now: float, gating: bool) -> list[Send]:
         by_source: dict[int, list[int]] = {}
@@ -253,15 +303,17 @@ class Replication:
                 by_source.setdefault(source, []).append(slot)
         return [self._request(source, s, gating, now) for source, s in by_source.items()]
 
-    def _request(self, source: int, slots: list[int], gating: bool, now: float) -> Send:
+    def _request(
+        self, source: int, slots: list[int], gating: bool, now: float, confirm: bool = False
+    ) -> Send:
         request_id = next(self._request_ids)
-        self._transfers[request_id] = _Transfer(source, slots, gating, now)
-        return (peer.encode_sync_request(request_id, slots), self.servers[source])
+        self._transfers[request_id] = _Transfer(source, slots, gating, now, confirm)
+        return (peer.encode_slots(peer.SYNC_REQUEST, request_id, slots), self.servers[source])
 
     # -- transfer: serving and receiving ------------------------------------------
 
     def on_sync_request(self, data: bytes, src: Addr) -> list[Send]:
-        request_id, slots = peer.decode_sync_request(data)
+        request_id, slots = peer.decode_slots(data)
         wanted = set(slots)
         slot_of = self.ring.slot_of
         entries = [
@@ -295,6 +347,9 @@ class Replication:
             return []
         del self._transfers[request_id]
         self.stats.transfers_done += 1
+        if transfer.confirm:
+            confirm = peer.encode_slots(peer.SYNC_CONFIRM, self.index, transfer.slots)
+            return [(confirm, self.servers[transfer.source])]
         if not transfer.gating:
             return []
         again: list[int] = []
@@ -318,9 +373,11 @@ class Replication:
 
     def on_tick(self, now: float) -> list[Send]:
         sends = self._resend_pending(now)
+        sends.extend(self._pull_deferred(now))
         sends.extend(self._retry_transfers(now))
         if self._settle_at is not None and now >= self._settle_at:
             sends.extend(self._settle(now))
+        sends.extend(self._hint_handoffs(now))
         return sends
 
     def _resend_pending(self, now: float) -> list[Send]:
@@ -339,7 +396,11 @@ class Replication:
                 continue
             del self._transfers[request_id]
             if transfer.source in self.alive:
-                sends.append(self._request(transfer.source, transfer.slots, transfer.gating, now))
+                sends.append(
+                    self._request(
+                        transfer.source, transfer.slots, transfer.gating, now, transfer.confirm
+                    )
+                )
             elif transfer.gating:
                 self._give_up_on(transfer)
         return sends
@@ -354,17 +415,61 @@ class Replication:
                     del self._unsynced[slot]
 
     def _settle(self, now: float) -> list[Send]:
-        """Views have had time to agree: pull changed slots again, drop what is not ours."""
+        """Views have had time to agree: pull changed slots again, hand off what is not ours."""
         self._settle_at = None
         slots, self._settle_slots = self._settle_slots & self._my_slots, set()
-        self._drop_foreign_keys()
-        return self._pull(slots, now, gating=False)
+        sends = self._pull(slots, now, gating=False)
+        self._handoff = self._foreign_slots()
+        self._handoff_at = now
+        return sends + self._hint_handoffs(now)
 
-    def _drop_foreign_keys(self) -> None:
+    def _foreign_slots(self) -> dict[int, set[int]]:
+        """Slots this node holds keys of without being a member: who must take them."""
         mine, slot_of = self._my_slots, self.ring.slot_of
-        for key, _ in self.storage.items():
-            if slot_of(key_position(key)) not in mine:
-                self.storage.remove(key)  # no tombstone: just not ours
+        held = {slot_of(key_position(key)) for key, _ in self.storage.items()}
+        return {
+            slot: set(self.ring.chain_at(slot, self.alive, self.replicas)) for slot in held - mine
+        }
+
+    def _hint_handoffs(self, now: float) -> list[Send]:
+        if self._handoff_at is None or now < self._handoff_at:
+            return []
+        self._handoff_at = now + HANDOFF_RETRY if self._handoff else None
+        by_member: dict[int, list[int]] = {}
+        for slot, members in self._handoff.items():
+            for member in members:
+                by_member.setdefault(member, []).append(slot)
+        hint = peer.HANDOFF
+        return [
+            (peer.encode_slots(hint, self.index, slots), self.servers[member])
+            for member, slots in by_member.items()
+        ]
+
+    def on_handoff(self, data: bytes, now: float) -> list[Send]:
+        """A node holds keys of slots we are a member of: pull them, then confirm."""
+        source, slots = peer.decode_slots(data)
+        if not 0 <= source < len(self.servers) or source == self.index:
+            return []
+        return [self._request(source, slots, False, now, confirm=True)]
+
+    def on_sync_confirm(self, data: bytes) -> None:
+        """A member has our keys of these slots: once all members do, drop them."""
+        member, slots = peer.decode_slots(data)
+        done: set[int] = set()
+        for slot in slots:
+            waiting = self._handoff.get(slot)
+            if waiting is None:
+                continue
+            waiting.discard(member)
+            if not waiting:
+                del self._handoff[slot]
+                if slot not in self._my_slots:
+                    done.add(slot)
+        if done:
+            slot_of = self.ring.slot_of
+            for key, _ in self.storage.items():
+                if slot_of(key_position(key)) in done:
+                    self.storage.remove(key)  # no tombstone: the members have it
 
     # -- status -----------------------------------------------------------------
 

@@ -59,6 +59,9 @@ class Ring:
         self.vnodes = vnodes
         self.slots = n_nodes * vnodes
         self._owners = _hashed_order(n_nodes, vnodes)
+        self._slots_of_node: list[list[int]] = [[] for _ in range(n_nodes)]
+        for slot, owner in enumerate(self._owners):
+            self._slots_of_node[owner].append(slot)
         self._all = frozenset(range(n_nodes))
         self._views: OrderedDict[tuple[frozenset[int], int], _View] = OrderedDict()
         self._last: tuple[frozenset[int] | None, int, _View] = (None, -1, (self._all, []))
@@ -96,6 +99,30 @@ class Ring:
         self, node: int, key: bytes, alive: frozenset[int] | None = None, r: int = 3
     ) -> bool:
         return node in self.chain(key, alive, r)
+
+    def slots_with(self, node: int, alive: frozenset[int] | None = None, r: int = 3) -> set[int]:
+        """The slots whose chain contains `node`, in O(vnodes * r) rather than O(slots).
+
+        A slot's chain reaches one of the node's own slots exactly when fewer than r
+        other distinct live owners stand between them, so walk back from each of the
+        node's slots until r others have been passed.
+        """
+        members = self._all if alive is None else alive
+        if node not in members:
+            return set()
+        owners, q = self._owners, self.slots
+        found: set[int] = set()
+        for mine in self._slots_of_node[node]:
+            others: set[int] = set()
+            for step in range(q):
+                slot = (mine - step) % q
+                owner = owners[slot]
+                if owner != node and owner in members:
+                    others.add(owner)
+                    if len(others) >= r:
+                        break
+                found.add(slot)
+        return found
 
     def owned_ranges(self, node: int, alive: frozenset[int] | None = None, r: int = 3) -> list[Arc]:
         """Sorted, merged key-position ranges whose chain contains `node`.

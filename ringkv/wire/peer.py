@@ -6,7 +6,9 @@ A FORWARD carries a client's datagram untouched plus the client's address,
 so the node that executes it can answer the client directly. STATUS asks a
 node for a small JSON summary of itself (for `ringkv cluster status`).
 REPLICATE / ACK carry a write down a chain and its acknowledgement back up;
-SYNC_REQUEST / SYNC_DATA / SYNC_DONE transfer the keys of ring slots.
+SYNC_REQUEST / SYNC_DATA / SYNC_DONE transfer the keys of ring slots;
+HANDOFF asks a slot's members to pull it from a node that holds keys of it
+without being a member, and SYNC_CONFIRM tells that node they have them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ ACK = 5
 SYNC_REQUEST = 6
 SYNC_DATA = 7
 SYNC_DONE = 8
+HANDOFF = 9
+SYNC_CONFIRM = 10
 
 # Values up to 10,000 bytes: a SYNC_DATA batch stays well inside one datagram.
 SYNC_BATCH_BYTES = 30_000
@@ -167,17 +171,18 @@ _ENTRY_HEAD = struct.Struct("!BBQiH")  # key length, removed, stamp, version, va
 TransferEntry = tuple[bytes, bytes | None, int, int]  # key, value (None: removed), version, stamp
 
 
-def encode_sync_request(request_id: int, slots: list[int]) -> bytes:
-    head = _SYNC_HEAD.pack(MAGIC, SYNC_REQUEST, request_id, len(slots))
+def encode_slots(kind: int, number: int, slots: list[int]) -> bytes:
+    """SYNC_REQUEST (number: request id), HANDOFF and SYNC_CONFIRM (number: sender)."""
+    head = _SYNC_HEAD.pack(MAGIC, kind, number, len(slots))
     return head + struct.pack(f"!{len(slots)}I", *slots)
 
 
-def decode_sync_request(data: bytes) -> tuple[int, list[int]]:
+def decode_slots(data: bytes) -> tuple[int, list[int]]:
     try:
-        _, _, request_id, count = _SYNC_HEAD.unpack_from(data)
-        return request_id, list(struct.unpack_from(f"!{count}I", data, _SYNC_HEAD.size))
+        _, _, number, count = _SYNC_HEAD.unpack_from(data)
+        return number, list(struct.unpack_from(f"!{count}I", data, _SYNC_HEAD.size))
     except struct.error as exc:
-        raise PeerDecodeError("short SYNC_REQUEST") from exc
+        raise PeerDecodeError("short slot list") from exc
 
 
 def encode_sync_batches(request_id: int, entries: list[TransferEntry]) -> list[bytes]:
