@@ -152,3 +152,12 @@ def test_unknown_fields_in_request_ignored() -> None:
 
     sends = node.on_datagram(encode_msg(b"u" * 16, payload), CLIENT, 0.0)
     assert decode_response(decode_msg(sends[0][0])[1]).errCode == Err.OK
+
+
+def test_request_that_waited_past_every_retry_is_dropped() -> None:
+    node = new_node()
+    data = encode_request(b"s" * 16, Command.PUT, b"k", b"v")
+    assert node.on_datagram(data, CLIENT, 100.0, age=5.0) == []
+    assert node.stats.stale == 1
+    assert call(node, Command.GET, b"k").errCode == Err.NO_KEY  # the stale PUT never ran
+    assert node.on_datagram(data, CLIENT, 100.0, age=0.2)  # a fresh one is served

@@ -33,6 +33,9 @@ Send = tuple[bytes, Addr]
 
 _PUT, _GET, _REMOVE = Command.PUT, Command.GET, Command.REMOVE
 _KEY_COMMANDS = frozenset((_PUT, _GET, _REMOVE))
+_FORWARD_KIND = bytes((peer.FORWARD,))
+# The reference client gives up after 0.7 s (100 + 200 + 400 ms).
+STALE_REQUEST_AGE = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class NodeStats:
     requests: int = 0
     forwarded: int = 0
     dropped: int = 0
+    stale: int = 0
     gossip_sent: int = 0
 
 
@@ -96,8 +100,17 @@ class Node:
 
     # -- entry points -------------------------------------------------------
 
-    def on_datagram(self, data: bytes, src: Addr, now: float) -> list[Send]:
-        """A datagram on the data port: a client request or a peer message."""
+    def on_datagram(self, data: bytes, src: Addr, now: float, age: float = 0.0) -> list[Send]:
+        """A datagram on the data port: a client request or a peer message.
+
+        `age` is how long it waited in the kernel before being read. A client
+        request that waited longer than any client retries (it was queued while
+        this process was stopped) is dropped: executing it now could overwrite
+        writes acknowledged since, or run again once its reply was forgotten.
+        """
+        if age > STALE_REQUEST_AGE and (data[:2] != peer.MAGIC or data[2:3] == _FORWARD_KIND):
+            self.stats.stale += 1
+            return []
         if data[:2] == peer.MAGIC:
             return self._on_peer(data, src, now)
         try:
@@ -182,6 +195,7 @@ class Node:
             "requests": self.stats.requests,
             "forwarded": self.stats.forwarded,
             "dropped": self.stats.dropped,
+            "stale": self.stats.stale,
             "gossip_sent": self.stats.gossip_sent,
         }
 

@@ -2,6 +2,10 @@
 
 The data socket carries client requests and node-to-node data; the gossip
 socket carries membership only, so probes never wait behind client floods.
+
+The data socket is read with recvmsg and kernel receive timestamps, so the
+node knows how long each datagram waited: requests queued while the process
+was stopped (SIGSTOP) are recognised as stale when it resumes.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -20,6 +25,10 @@ from ringkv.servers import gossip_addr
 log = logging.getLogger("ringkv.node")
 
 TICK_INTERVAL = 0.05
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; not exported by Python
+_TIMESPEC = struct.Struct("qq")
+MAX_DATAGRAM = 65_535
+DRAIN_LIMIT = 64  # datagrams per wake-up, so timers and gossip get their turn
 RECV_BUFFER = 8 << 20  # bursts of thousands of requests must not overflow the kernel queue
 SEND_BUFFER = 4 << 20
 
@@ -46,6 +55,13 @@ def _set_buffer(sock: socket.socket, option: int, force: int | None, size: int) 
             continue
 
 
+def _enable_timestamps(sock: socket.socket) -> None:
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    except OSError:
+        log.warning("no kernel receive timestamps: requests queued during a stop are not aged")
+
+
 class _Endpoint(asyncio.DatagramProtocol):
     def __init__(self, handle: Callable[[bytes, Addr], None]) -> None:
         self.handle = handle
@@ -65,15 +81,16 @@ class NodeServer:
         self.node = node
         self.listen = listen
         self.gossip_enabled = gossip
-        self._data: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket
         self._gossip: asyncio.DatagramTransport | None = None
+        self.send_drops = 0
         self._stopped = asyncio.Event()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._data, _ = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self._on_data), sock=open_udp_socket(self.listen)
-        )
+        self._sock = open_udp_socket(self.listen)
+        _enable_timestamps(self._sock)
+        loop.add_reader(self._sock.fileno(), self._drain)
         if self.gossip_enabled:
             self._gossip, _ = await loop.create_datagram_endpoint(
                 lambda: _Endpoint(self._on_gossip),
@@ -85,17 +102,38 @@ class NodeServer:
         log.info("listening on %s:%d (pid %d)", *self.listen, os.getpid())
         await self._stopped.wait()
         log.info("stopping on signal")
-        self._data.close()
+        loop.remove_reader(self._sock.fileno())
+        self._sock.close()
         if self._gossip is not None:
             self._gossip.close()
 
-    def _on_data(self, data: bytes, addr: Addr) -> None:
-        sends = self.node.on_datagram(data, addr, time.monotonic())
-        sendto = self._data.sendto  # type: ignore[union-attr]
+    def _drain(self) -> None:
+        """Read what the data socket holds (up to DRAIN_LIMIT) and act on each."""
+        sock, on_datagram = self._sock, self.node.on_datagram
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data, ancillary, _, addr = sock.recvmsg(MAX_DATAGRAM, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # e.g. ICMP errors reported on the socket
+            age = 0.0
+            if ancillary:
+                seconds, nanos = _TIMESPEC.unpack_from(ancillary[0][2])
+                age = time.time() - (seconds + nanos * 1e-9)
+            self._send(on_datagram(data, addr, time.monotonic(), age))
+            if self.node.exit_requested:
+                self._exit_now()
+
+    def _send(self, sends: list[Send]) -> None:
+        sendto = self._sock.sendto
         for payload, dest in sends:
-            sendto(payload, dest)
-        if self.node.exit_requested:
-            self._exit_now()
+            try:
+                sendto(payload, dest)
+            except (BlockingIOError, InterruptedError):
+                self.send_drops += 1  # send queue full: UDP may lose it, peers retry
+            except OSError:
+                pass  # unreachable destination: the same
 
     def _on_gossip(self, data: bytes, addr: Addr) -> None:
         self._send_gossip(self.node.on_gossip(data, time.monotonic()))
@@ -109,14 +147,13 @@ class NodeServer:
     def _tick(self) -> None:
         loop = asyncio.get_running_loop()
         outbox = self.node.on_tick(time.monotonic())
-        for payload, dest in outbox.data:
-            self._data.sendto(payload, dest)  # type: ignore[union-attr]
+        self._send(outbox.data)
         self._send_gossip(outbox.gossip)
         loop.call_later(TICK_INTERVAL, self._tick)
 
     def _exit_now(self) -> None:
         # SHUTDOWN behaves like a crash: no hand-off. The reply is already
-        # in the kernel's send queue (sendto on UDP does not buffer in user space).
+        # in the kernel's send queue (plain sendto does not buffer in user space).
         logging.shutdown()
         os._exit(0)
 
