@@ -5,10 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from ringkv.servers import Addr, ServerListError, load_servers, parse_addr
+
+if TYPE_CHECKING:
+    from ringkv.client import Client, Reply
+    from ringkv.client.bench import BenchConfig, BenchResult
 
 
 class AddrType(click.ParamType):
@@ -91,8 +98,456 @@ def node(
         pid=os.getpid(),
         memory_budget=memory_mb << 20,
         replicas=replicas,
+        clock_offset=time.time() - time.monotonic(),
     )
     serve(Node(config), listen, gossip=len(servers) > 1)
+
+
+# -- client commands ---------------------------------------------------------------
+
+DEFAULT_SERVER: Addr = ("127.0.0.1", 43100)
+EXIT_ERR = 1  # a protocol errCode other than 0 (not found included)
+EXIT_TIMEOUT = 3  # click itself uses 2 for bad usage
+
+
+def _client_options(func: Callable[..., None]) -> Callable[..., None]:
+    """--server/--servers/--timeout/--tries, shared by every client command."""
+    options = [
+        click.option(
+            "--server", type=ADDR, help="The node to ask, HOST:PORT [default: 127.0.0.1:43100]."
+        ),
+        click.option(
+            "--servers",
+            "servers_file",
+            type=click.Path(dir_okay=False),
+            help="Server list (one HOST:PORT a line): ask a random node of it.",
+        ),
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0.001),
+            default=0.1,
+            show_default=True,
+            help="Seconds to wait for the first try; each retry waits twice as long.",
+        ),
+        click.option("--tries", type=click.IntRange(min=1), default=3, show_default=True),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _hex_option(func: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--hex", "as_hex", is_flag=True, help="Keys and values are given and printed as hex."
+    )(func)
+
+
+def _servers(server: Addr | None, servers_file: str | None) -> tuple[list[Addr], bool]:
+    """The servers to use and whether they came from a list (then any node may be asked)."""
+    if server is not None and servers_file:
+        raise click.UsageError("give --server or --servers, not both")
+    if not servers_file:
+        return [server or DEFAULT_SERVER], False
+    try:
+        return load_servers(servers_file), True
+    except ServerListError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    raise SystemExit(code)
+
+
+def _call(
+    server: Addr | None,
+    servers_file: str | None,
+    timeout: float,
+    tries: int,
+    action: Callable[[Client], Reply],
+) -> Reply:
+    """Run one request; exit 3 on a time-out and 1 on a non-zero errCode."""
+    from ringkv.client import Client, ClientError, ClientTimeout, describe_err
+
+    servers, from_list = _servers(server, servers_file)
+    try:
+        with Client(servers, timeout, tries, random_front_end=from_list) as client:
+            reply = action(client)
+    except ClientTimeout as exc:
+        _fail(str(exc), EXIT_TIMEOUT)
+    except (ClientError, OSError) as exc:
+        _fail(str(exc), EXIT_ERR)
+    if not reply.ok:
+        _fail(describe_err(reply.err), EXIT_ERR)
+    return reply
+
+
+def _key_bytes(text: str, as_hex: bool, what: str) -> bytes:
+    from ringkv.client.console import to_bytes
+
+    try:
+        return to_bytes(text, as_hex)
+    except ValueError as exc:
+        raise click.BadParameter(f"not hex: {exc}", param_hint=what) from None
+
+
+@main.command()
+@click.argument("key")
+@click.argument("value")
+@click.option("--version", "version", type=int, default=0, show_default=True)
+@_hex_option
+@_client_options
+def put(
+    key: str,
+    value: str,
+    version: int,
+    as_hex: bool,
+    server: Addr | None,
+    servers_file: str | None,
+    timeout: float,
+    tries: int,
+) -> None:
+    """Store VALUE (and a version number) under KEY."""
+    key_b, value_b = _key_bytes(key, as_hex, "KEY"), _key_bytes(value, as_hex, "VALUE")
+    _call(server, servers_file, timeout, tries, lambda c: c.put(key_b, value_b, version))
+    click.echo("ok")
+
+
+@main.command()
+@click.argument("key")
+@click.option("--show-version", is_flag=True, help="Also print the stored version.")
+@_hex_option
+@_client_options
+def get(
+    key: str,
+    show_version: bool,
+    as_hex: bool,
+    server: Addr | None,
+    servers_file: str | None,
+    timeout: float,
+    tries: int,
+) -> None:
+    """Print the value stored under KEY."""
+    from ringkv.client.console import show_bytes
+
+    key_b = _key_bytes(key, as_hex, "KEY")
+    reply = _call(server, servers_file, timeout, tries, lambda c: c.get(key_b))
+    text, is_hex = show_bytes(reply.value, as_hex)
+    if is_hex and not as_hex:
+        click.echo("(the value is not UTF-8 text: shown as hex)", err=True)
+    click.echo(text)
+    if show_version:
+        click.echo(f"version {reply.version}")
+
+
+@main.command()
+@click.argument("key")
+@_hex_option
+@_client_options
+def rm(
+    key: str,
+    as_hex: bool,
+    server: Addr | None,
+    servers_file: str | None,
+    timeout: float,
+    tries: int,
+) -> None:
+    """Remove KEY."""
+    key_b = _key_bytes(key, as_hex, "KEY")
+    _call(server, servers_file, timeout, tries, lambda c: c.remove(key_b))
+    click.echo("ok")
+
+
+def _per_node(
+    command: int,
+    heading: str,
+    field: Callable[[Reply], str],
+    servers: list[Addr],
+    timeout: float,
+    tries: int,
+) -> None:
+    """Ask every node of a list and print a table; exit 3 if one is silent, 1 on an errCode."""
+    from ringkv.client import ClientTimeout, Reply
+    from ringkv.client.console import ask_every_node, node_table, print_table
+
+    rows = ask_every_node(servers, command, timeout, tries)
+    print_table(node_table(rows, heading, field))
+    answers = [answer for _, answer in rows]
+    if any(isinstance(answer, ClientTimeout) for answer in answers):
+        raise SystemExit(EXIT_TIMEOUT)
+    if any(not isinstance(answer, Reply) or not answer.ok for answer in answers):
+        raise SystemExit(EXIT_ERR)
+
+
+def _admin(
+    command: int,
+    heading: str,
+    field: Callable[[Reply], str],
+    server: Addr | None,
+    servers_file: str | None,
+    timeout: float,
+    tries: int,
+) -> None:
+    servers, from_list = _servers(server, servers_file)
+    if from_list:
+        _per_node(command, heading, field, servers, timeout, tries)
+        return
+    reply = _call(server, None, timeout, tries, lambda c: c.request(command))
+    click.echo(field(reply))
+
+
+@main.command()
+@_client_options
+def alive(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+    """Check that a node answers (--servers: every node)."""
+    from ringkv.wire.codec import Command
+
+    _admin(Command.IS_ALIVE, "state", lambda r: "alive", server, servers_file, timeout, tries)
+
+
+@main.command()
+@_client_options
+def pid(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+    """Print a node's process ID (--servers: every node)."""
+    from ringkv.wire.codec import Command
+
+    _admin(Command.GET_PID, "pid", lambda r: str(r.pid), server, servers_file, timeout, tries)
+
+
+@main.command()
+@_client_options
+def members(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+    """Print how many nodes a node believes alive (--servers: every node)."""
+    from ringkv.wire.codec import Command
+
+    _admin(
+        Command.GET_MEMBERSHIP_COUNT,
+        "members",
+        lambda r: str(r.membership_count),
+        server,
+        servers_file,
+        timeout,
+        tries,
+    )
+
+
+@main.command()
+@_client_options
+def wipe(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+    """Delete every key held by one node (WIPEOUT)."""
+    _call(server, servers_file, timeout, tries, lambda c: c.wipeout())
+    click.echo("ok")
+
+
+@main.command()
+@_client_options
+def shutdown(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+    """Make a node exit at once, like a crash (sent once, not retried)."""
+    from ringkv.client import Client, ClientError
+
+    servers, from_list = _servers(server, servers_file)
+    try:
+        with Client(servers, timeout, tries, random_front_end=from_list) as client:
+            target = client.targets.pick(None)
+            reply = client.shutdown(target)
+    except (ClientError, OSError) as exc:
+        _fail(str(exc), EXIT_ERR)
+    where = f"{target[0]}:{target[1]}"
+    if reply is None:
+        click.echo(f"shutdown sent to {where} (no reply: it may have exited before answering)")
+    else:
+        click.echo(f"shutdown sent to {where} (acknowledged)")
+
+
+# -- bench and echo -------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--listen", type=ADDR, required=True, help="Address to echo on, HOST:PORT.")
+@click.option("--blocking", is_flag=True, help="A plain recvfrom/sendto loop instead of uvloop.")
+def echo(listen: Addr, blocking: bool) -> None:
+    """Run a bare UDP echo server: the bench's ceiling."""
+    from ringkv.runtime.echo import serve_echo
+
+    serve_echo(listen, blocking)
+
+
+@main.command()
+@click.option("--server", type=ADDR, help="The node to load [default: 127.0.0.1:43100].")
+@click.option(
+    "--servers",
+    "servers_file",
+    type=click.Path(dir_okay=False),
+    help="Server list: load its first node, or every node with --random-front-end.",
+)
+@click.option("--random-front-end", is_flag=True, help="Send each request to a random node.")
+@click.option(
+    "--clients",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Concurrent clients.",
+)
+@click.option(
+    "--duration", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds."
+)
+@click.option(
+    "--value-size", type=click.IntRange(0, 10_000), default=500, show_default=True, help="Bytes."
+)
+@click.option(
+    "--keys",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Keys per client, used in turn.",
+)
+@click.option(
+    "--procs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes to spread the clients over.",
+)
+@click.option("--timeout", type=click.FloatRange(min=0.001), default=0.1, show_default=True)
+@click.option("--tries", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--echo",
+    "target_is_echo",
+    is_flag=True,
+    help="The target is an echo server (`ringkv echo`): any echoed request is success.",
+)
+@click.option(
+    "--echo-server",
+    "echo_port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Start a bare echo server on 127.0.0.1:PORT and bench it.",
+)
+@click.option(
+    "--compare-echo",
+    is_flag=True,
+    help="Bench an echo server, then the target, and print node/echo.",
+)
+@click.option(
+    "--echo-blocking",
+    is_flag=True,
+    help="The started echo server uses a plain blocking loop, not uvloop.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress bar.")
+def bench(
+    server: Addr | None,
+    servers_file: str | None,
+    random_front_end: bool,
+    clients: int,
+    duration: float,
+    value_size: int,
+    keys: int,
+    procs: int,
+    timeout: float,
+    tries: int,
+    target_is_echo: bool,
+    echo_port: int | None,
+    compare_echo: bool,
+    echo_blocking: bool,
+    as_json: bool,
+) -> None:
+    """Closed-loop PUT→GET load; prints throughput, latency and errors.
+
+    Each client waits for its reply before sending its next request.
+
+    \b
+    Figures:
+      requests     operations finished, answered or timed out
+      throughput   answered requests per second of the run
+      latency      p50, p99, max and mean from first send to reply, retries included
+      time-outs    requests whose every try (100+200+400 ms) went unanswered
+      retries      datagrams re-sent after a time-out or an overload reply
+      error codes  the errCode of every answer (0 is success)
+      mismatches   GETs that missed the value and version just PUT (exit code 1 if any)
+      node/echo    with --compare-echo or --echo-server: the target's throughput over
+                   that of a bare UDP echo server benched the same way in the same run
+
+    Without --server/--servers, --echo-server PORT benches only the echo server.
+    """
+    from ringkv.client.bench import BenchConfig, BenchError
+
+    has_target = server is not None or servers_file is not None
+    servers, _ = _servers(server, servers_file)
+    config = BenchConfig(
+        servers=tuple(servers),
+        clients=clients,
+        duration=duration,
+        value_size=value_size,
+        procs=procs,
+        keys=keys,
+        random_front_end=random_front_end,
+        echo=target_is_echo,
+        timeout=timeout,
+        tries=tries,
+    )
+    want_echo = compare_echo or echo_port is not None
+    want_target = has_target or not want_echo
+    try:
+        _bench_runs(config, want_echo, want_target, echo_port, echo_blocking, as_json)
+    except BenchError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _bench_runs(
+    config: BenchConfig,
+    want_echo: bool,
+    want_target: bool,
+    echo_port: int | None,
+    echo_blocking: bool,
+    as_json: bool,
+) -> None:
+    import dataclasses
+    import json
+
+    from ringkv.client.bench import describe, echo_server, ratio
+    from ringkv.client.local import free_udp_port
+
+    results: dict[str, BenchResult] = {}
+    if want_echo:
+        with echo_server(echo_port or free_udp_port(), blocking=echo_blocking) as addr:
+            echo_config = dataclasses.replace(
+                config, servers=(addr,), echo=True, random_front_end=False
+            )
+            results["echo"] = _bench_one(echo_config, "echo", as_json)
+    if want_target:
+        results["node"] = _bench_one(config, "node", as_json)
+    both = len(results) == 2
+    if as_json:
+        out: dict[str, object] = {k: v.to_dict() for k, v in results.items()}
+        if both:
+            out["node_to_echo"] = round(ratio(results["node"], results["echo"]), 4)
+        click.echo(json.dumps(out if both else next(iter(out.values()))))
+    else:
+        blocks = [f"{name}:\n{describe(r)}" if both else describe(r) for name, r in results.items()]
+        click.echo("\n\n".join(blocks))
+        if both:
+            share = ratio(results["node"], results["echo"])
+            click.echo(f"\nnode/echo    {share:.3f} ({share:.0%} of the bare echo's throughput)")
+    if any(r.mismatches for r in results.values()):
+        raise SystemExit(EXIT_ERR)
+
+
+def _bench_one(config: BenchConfig, label: str, as_json: bool) -> BenchResult:
+    from ringkv.client.bench import run_bench
+    from ringkv.client.console import run_with_progress
+
+    return run_bench(config) if as_json else run_with_progress(config, label)
+
+
+def _register_groups() -> None:
+    from ringkv.cli_cluster import cluster
+    from ringkv.sim.cli import sim
+
+    main.add_command(cluster)
+    main.add_command(sim)
+
+
+_register_groups()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,21 @@
+"""Client side of the protocol: the client library and the load generator."""
+
+from ringkv.client.client import (
+    AsyncClient,
+    Client,
+    ClientError,
+    ClientTimeout,
+    Reply,
+    RetryPolicy,
+    describe_err,
+)
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ClientError",
+    "ClientTimeout",
+    "Reply",
+    "RetryPolicy",
+    "describe_err",
+]
