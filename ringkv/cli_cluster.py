@@ -1,0 +1,292 @@
+"""`ringkv cluster …`: start a local cluster with a live view, and steer any cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import psutil
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ringkv.runtime.cluster import (
+    LocalCluster,
+    load_state,
+    local_servers,
+    query_status,
+)
+from ringkv.servers import Addr, ServerListError, load_servers
+
+_STATE_NAMES = {"A": "alive", "S": "suspect", "D": "dead"}
+_STATE_STYLES = {"alive": "green", "suspect": "yellow", "dead": "red", "no answer": "red"}
+
+
+@click.group()
+def cluster() -> None:
+    """Start, watch and steer a cluster."""
+
+
+_workdir_option = click.option(
+    "--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".ringkv"),
+    show_default=True, help="Where the cluster's state and node logs are kept.",
+)  # fmt: skip
+_servers_option = click.option(
+    "--servers", "servers_file", type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("servers.txt"), show_default=True, help="The cluster's server list.",
+)  # fmt: skip
+
+
+@cluster.command()
+@click.option("--nodes", type=click.IntRange(1, 1000), default=40, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address all nodes bind.")
+@click.option("--base-port", type=click.IntRange(1, 64000), default=10001, show_default=True)
+@click.option(
+    "--distinct-hosts", is_flag=True,
+    help="Node i binds 127.0.0.(i+1) at --base-port, as if on separate machines.",
+)  # fmt: skip
+@click.option("--memory-mb", type=click.IntRange(min=1), default=512, show_default=True)
+@click.option("--replicas", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option(
+    "--detach", is_flag=True, help="Start the nodes and return; stop with `cluster down`."
+)
+@_servers_option
+@_workdir_option
+def up(
+    nodes: int, host: str, base_port: int, distinct_hosts: bool, memory_mb: int, replicas: int,
+    detach: bool, servers_file: Path, workdir: Path,
+) -> None:  # fmt: skip
+    """Start NODES node processes on this machine and show their status until Ctrl-C."""
+    if load_state(workdir):
+        raise click.UsageError(f"a cluster is already running from {workdir} (ringkv cluster down)")
+    servers = local_servers(nodes, host, base_port, distinct_hosts)
+    local = LocalCluster.create(
+        servers, workdir, servers_file, memory_mb=memory_mb, replicas=replicas
+    )
+    local.start()
+    console = Console()
+    console.print(f"started {nodes} nodes; server list in {servers_file}, logs in {workdir}/logs")
+    if detach:
+        local.wait_ready()
+        return
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        watch(servers, console, local)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping the nodes …")
+        local.stop()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@cluster.command()
+@_servers_option
+@click.option("--watch", "keep_watching", is_flag=True, help="Refresh every second until Ctrl-C.")
+def status(servers_file: Path, keep_watching: bool) -> None:
+    """The status table of a running cluster, once."""
+    servers = _load(servers_file)
+    console = Console()
+    if keep_watching:
+        try:
+            watch(servers, console, None)
+        except KeyboardInterrupt:
+            pass
+        return
+    console.print(status_table(servers, query_status(servers), {}, 1.0, set()))
+
+
+@cluster.command()
+@_workdir_option
+def down(workdir: Path) -> None:
+    """Stop the cluster that `cluster up --detach` started."""
+    state = load_state(workdir)
+    if not state:
+        raise click.UsageError(f"no running cluster recorded in {workdir}")
+    for pid in state["pids"].values():
+        for sig in (signal.SIGCONT, signal.SIGTERM):
+            try:
+                os.kill(int(pid), sig)
+            except ProcessLookupError:
+                break
+    (workdir / "cluster.json").unlink(missing_ok=True)
+    click.echo(f"sent SIGTERM to {len(state['pids'])} nodes")
+
+
+@cluster.command()
+@click.argument("indexes", nargs=-1, type=int, required=True)
+@_workdir_option
+def suspend(indexes: tuple[int, ...], workdir: Path) -> None:
+    """SIGSTOP nodes by their line number in the server list (0-based)."""
+    _signal_nodes(workdir, indexes, signal.SIGSTOP, suspended=True)
+
+
+@cluster.command()
+@click.argument("indexes", nargs=-1, type=int, required=True)
+@_workdir_option
+def resume(indexes: tuple[int, ...], workdir: Path) -> None:
+    """SIGCONT suspended nodes."""
+    _signal_nodes(workdir, indexes, signal.SIGCONT, suspended=False)
+
+
+def _signal_nodes(
+    workdir: Path, indexes: tuple[int, ...], sig: signal.Signals, suspended: bool
+) -> None:
+    state = load_state(workdir)
+    if not state:
+        raise click.UsageError(f"no running cluster recorded in {workdir}")
+    pids = state["pids"]
+    marked = set(state.get("suspended", []))
+    for index in indexes:
+        if str(index) not in pids:
+            raise click.UsageError(f"no node {index} (nodes are 0..{len(pids) - 1})")
+        os.kill(int(pids[str(index)]), sig)
+        (marked.add if suspended else marked.discard)(index)
+    state["suspended"] = sorted(marked)
+    (workdir / "cluster.json").write_text(json.dumps(state, indent=1))
+    click.echo(f"{'suspended' if suspended else 'resumed'} {', '.join(map(str, indexes))}")
+
+
+@cluster.command()
+@_servers_option
+@click.option("--duration", type=click.FloatRange(min=1), default=600, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+def soak(servers_file: Path, duration: float, as_json: bool) -> None:
+    """Watch a running cluster: false deaths, count stability, idle cost.
+
+    Polls every node once a second for DURATION seconds and reports the
+    deaths and suspicions the nodes declared meanwhile (with no node
+    stopped, every one is false), the lowest and highest membership count
+    seen, gossip datagrams per node per second and, for nodes on this host,
+    the CPU they used (% of one core, all nodes together).
+    """
+    servers = _load(servers_file)
+    report = soak_cluster(servers, duration, Console(stderr=True, quiet=as_json))
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    for name, value in report.items():
+        click.echo(f"{name:>28}: {value}")
+
+
+def soak_cluster(servers: list[Addr], duration: float, console: Console) -> dict[str, Any]:
+    first = query_status(servers, timeout=1.0)
+    if len(first) < len(servers):
+        raise click.ClickException(f"only {len(first)} of {len(servers)} nodes answer")
+    procs = _local_processes(first)
+    for proc in procs:
+        proc.cpu_percent(None)
+    start = time.monotonic()
+    low, high, polls = len(servers), 0, 0
+    last = first
+    while (elapsed := time.monotonic() - start) < duration:
+        time.sleep(1.0)
+        statuses = query_status(servers, timeout=0.5)
+        polls += 1
+        counts = [s["count"] for s in statuses.values()]
+        low = min([low, *counts]) if len(statuses) == len(servers) else 0
+        high = max([high, *counts])
+        last = {**last, **statuses}
+        console.print(f"{elapsed:5.0f} s: counts {min(counts)}..{max(counts)}", end="\r")
+    elapsed = time.monotonic() - start
+    cpu = sum(p.cpu_percent(None) for p in procs) if procs else None
+    gossip = sum(last[i]["gossip_sent"] - first[i]["gossip_sent"] for i in first)
+    return {
+        "seconds": round(elapsed, 1),
+        "nodes": len(servers),
+        "false_deaths": sum(last[i]["deaths"] - first[i]["deaths"] for i in first),
+        "suspicions": sum(last[i]["suspicions"] - first[i]["suspicions"] for i in first),
+        "lowest_count_seen": low,
+        "highest_count_seen": high,
+        "gossip_datagrams_per_node_s": round(gossip / len(servers) / elapsed, 2),
+        "cpu_percent_of_one_core": None if cpu is None else round(cpu, 1),
+        "local_nodes_measured": len(procs),
+        "polls": polls,
+    }
+
+
+def _local_processes(statuses: dict[int, dict[str, Any]]) -> list[psutil.Process]:
+    procs = []
+    for status in statuses.values():
+        try:
+            procs.append(psutil.Process(int(status["pid"])))
+        except (psutil.Error, KeyError, ValueError):
+            continue
+    return procs
+
+
+def _load(servers_file: Path) -> list[Addr]:
+    try:
+        return load_servers(servers_file)
+    except ServerListError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def watch(servers: list[Addr], console: Console, local: LocalCluster | None) -> None:
+    """Refresh the status table every second."""
+    previous: dict[int, dict[str, Any]] = {}
+    last = time.monotonic()
+    with Live(console=console, refresh_per_second=2, screen=False) as live:
+        while True:
+            statuses = query_status(servers, timeout=0.5)
+            now = time.monotonic()
+            suspended = local.suspended if local else set()
+            live.update(status_table(servers, statuses, previous, now - last, suspended))
+            previous, last = statuses, now
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
+
+
+def status_table(
+    servers: list[Addr],
+    statuses: dict[int, dict[str, Any]],
+    previous: dict[int, dict[str, Any]],
+    interval: float,
+    suspended: set[int],
+) -> Table:
+    views = [s.get("states", "") for s in statuses.values()]
+    answered = len(statuses)
+    table = Table(title=f"ringkv: {answered}/{len(servers)} nodes answering", expand=False)
+    # state: what most nodes believe; h/m/t: keys held as head/middle/tail;
+    # moving: transfers in flight plus ring slots not yet pulled.
+    columns = ("node", "address", "pid", "state", "count", "keys", "h/m/t", "moving", "req/s")
+    columns += ("note",)
+    for column in columns:
+        numeric = column in ("count", "keys", "moving", "req/s")
+        table.add_column(column, justify="right" if numeric else "left")
+    for index, (host, port) in enumerate(servers):
+        status = statuses.get(index)
+        seen = _cluster_view(index, views)
+        style = _STATE_STYLES.get(seen, "")
+        note = "suspended here" if index in suspended else ("" if status else "no answer")
+        row = [str(index), f"{host}:{port}", "", f"[{style}]{seen}"]
+        if status is None:
+            table.add_row(*row, "", "", "", "", "", note)
+            continue
+        row[2] = str(status.get("pid", ""))
+        before = previous.get(index, {}).get("requests", status["requests"])
+        rate = (status["requests"] - before) / interval if interval > 0 else 0.0
+        roles = status.get("roles", {})
+        held = "/".join(str(roles.get(r, 0)) for r in ("head", "middle", "tail"))
+        moving = status.get("transfers", 0) + status.get("unsynced_slots", 0)
+        table.add_row(
+            *row, str(status.get("count", "")), str(status.get("keys", "")), held,
+            str(moving), f"{rate:,.0f}", note,
+        )  # fmt: skip
+    return table
+
+
+def _cluster_view(index: int, views: list[str]) -> str:
+    """What most answering nodes believe about node `index`."""
+    votes = [v[index] for v in views if index < len(v)]
+    if not votes:
+        return "no answer"
+    winner = max(set(votes), key=votes.count)
+    return _STATE_NAMES.get(winner, winner)
