@@ -1,0 +1,278 @@
+"""The simulator: determinism, fault semantics, membership, linearizable histories."""
+
+from __future__ import annotations
+
+import itertools
+from typing import ClassVar
+
+import pytest
+from click.testing import CliRunner
+
+from ringkv.core.node import NodeConfig, Outbox
+from ringkv.sim import scenarios
+from ringkv.sim.checker import check
+from ringkv.sim.cli import sim as sim_command
+from ringkv.sim.clients import ClientGroup, RandomMix, Request, Values, run_batch
+from ringkv.sim.cluster import (
+    CRASHED,
+    UP,
+    MembershipOnly,
+    SimConfig,
+    Simulator,
+    node_addr,
+)
+from ringkv.sim.history import GET
+from ringkv.sim.network import NetworkConfig
+from ringkv.sim.scenarios import Params, ScenarioResult, Stage, run_scenario
+
+
+class Recorder:
+    """A node that records what the simulator feeds it, in order."""
+
+    log: ClassVar[list[tuple[int, str, float]]] = []
+
+    def __init__(self, config: NodeConfig, now: float = 0.0) -> None:
+        self.index = config.self_index
+        self.exit_requested = False
+
+    def on_datagram(self, data: bytes, src: tuple[str, int], now: float) -> list:
+        self.log.append((self.index, f"data {data.decode(errors='replace')}", now))
+        if data == b"exit":
+            self.exit_requested = True
+        return [(b"echo", src)] if src[0].startswith("c") else []  # answer clients only
+
+    def on_gossip(self, data: bytes, now: float) -> list:
+        self.log.append((self.index, "gossip", now))
+        return []
+
+    def on_tick(self, now: float) -> Outbox:
+        self.log.append((self.index, "tick", now))
+        return Outbox()
+
+    def membership_count(self) -> int:
+        return 1
+
+
+def recorder_sim(nodes: int = 2, **network: float) -> Simulator:
+    Recorder.log = []
+    return Simulator(
+        SimConfig(nodes, seed=3, network=NetworkConfig(**network), node_factory=Recorder)
+    )
+
+
+# ------------------------------------------------------------ the simulator itself
+
+
+def test_ticks_every_50_ms_with_a_little_jitter() -> None:
+    sim = recorder_sim(1)
+    sim.run(1.0)
+    ticks = [t for _, what, t in Recorder.log if what == "tick"]
+    gaps = [b - a for a, b in itertools.pairwise(ticks)]
+    assert 18 <= len(ticks) <= 20
+    assert all(0.05 <= g <= 0.0521 for g in gaps)
+
+
+def test_pause_queues_datagrams_and_resume_ticks_first_then_delivers() -> None:
+    sim = recorder_sim(2, delay_min=0.001, delay_max=0.001, tail_prob=0)
+    sim.run(0.2)
+    sim.pause(1)
+    for n in range(3):
+        sim.send(b"m%d" % n, ("c1", 1), node_addr(1))
+    sim.run(5.0)
+    assert not [e for e in Recorder.log if e[0] == 1 and 0.2 < e[2] < 5.0]
+    sim.resume(1)
+    after = [what for i, what, t in Recorder.log if i == 1 and t == 5.0]
+    assert after == ["tick", "data m0", "data m1", "data m2"]
+
+
+def test_crash_drops_datagrams_and_restart_builds_a_new_node() -> None:
+    sim = recorder_sim(2)
+    old = sim.node(1)
+    sim.crash(1)
+    assert sim.state_of(1) == CRASHED and sim.node(1) is None
+    sim.send(b"lost", ("c1", 1), node_addr(1))
+    sim.run(1.0)
+    assert not [e for e in Recorder.log if e[1] == "data lost"]
+    sim.restart(1)
+    assert sim.state_of(1) == UP and sim.node(1) is not old
+
+
+def test_exit_requested_is_a_crash_after_the_reply() -> None:
+    sim = recorder_sim(1)
+    replies: list[bytes] = []
+    sim.attach(("c1", 1), lambda data, src: replies.append(data))
+    sim.send(b"exit", ("c1", 1), node_addr(0))
+    sim.run(1.0)
+    assert replies == [b"echo"]
+    assert sim.state_of(0) == CRASHED
+
+
+def test_partition_cuts_nodes_but_not_clients() -> None:
+    sim = recorder_sim(3, delay_min=0.001, delay_max=0.001, tail_prob=0)
+    sim.partition([2])
+    sim.send(b"cut", node_addr(0), node_addr(2))
+    sim.send(b"client", ("c1", 1), node_addr(2))
+    sim.send(b"same side", node_addr(0), node_addr(1))
+    sim.run(1.0)
+    seen = {(i, what) for i, what, _ in Recorder.log if what.startswith("data")}
+    assert seen == {(2, "data client"), (1, "data same side")}
+    sim.heal()
+    sim.send(b"healed", node_addr(0), node_addr(2))
+    sim.run(2.0)
+    assert (2, "data healed") in {(i, w) for i, w, _ in Recorder.log}
+
+
+def test_loss_and_duplication_follow_the_seed() -> None:
+    def counts(seed: int) -> tuple[int, int, int]:
+        net = NetworkConfig(loss=0.2, duplicate=0.1)
+        sim = Simulator(SimConfig(2, seed=seed, network=net, node_factory=Recorder))
+        for _ in range(2000):
+            sim.send(b"x", ("c1", 1), node_addr(0))
+        stats = sim.network.stats
+        return stats.lost, stats.duplicated, stats.delivered
+
+    lost, duplicated, delivered = counts(1)
+    assert 300 < lost < 500 and 100 < duplicated < 220
+    assert delivered == 2000 - lost + duplicated
+    assert counts(1) == (lost, duplicated, delivered)
+    assert counts(2) != (lost, duplicated, delivered)
+
+
+def test_client_retries_the_same_datagram_to_the_same_node_then_times_out() -> None:
+    sim = recorder_sim(3)
+    sim.run(1.0)
+    sim.pause(2)
+    ops = run_batch(sim, [Request(GET, b"k")], 1, [2])
+    assert len(ops) == 1 and ops[0].response is None and ops[0].err is None
+    assert ops[0].invoke == pytest.approx(1.0)
+    assert sim.now == pytest.approx(1.7, abs=1e-9)  # 100 + 200 + 400 ms
+    sim.resume(2)  # the three tries waited in the paused node's queue
+    tries = [what for i, what, _ in Recorder.log if i == 2 and what.startswith("data")]
+    assert len(tries) == 3 and len(set(tries)) == 1
+
+
+# ------------------------------------------------------------ whole clusters
+
+
+def test_same_seed_same_history_byte_for_byte() -> None:
+    # Histories only: the checker's time is not what this test is about.
+    params = Params(nodes=7, duration=8.0, keys=20, clients=4, check=False)
+    first = run_scenario("random-faults", params, 11)
+    again = run_scenario("random-faults", params, 11)
+    other = run_scenario("random-faults", params, 12)
+    assert len(first.history) > 200
+    assert first.history.to_jsonl() == again.history.to_jsonl()
+    assert first.history.to_jsonl() != other.history.to_jsonl()
+    assert first.summary()["membership"] == again.summary()["membership"]
+
+
+def test_membership_converges_at_40_nodes_after_suspending_and_resuming_4() -> None:
+    sim = Simulator(SimConfig(40, seed=5))
+    sim.run(2.0)
+    assert sim.views_exact()
+    for i in (3, 11, 19, 27):
+        sim.pause(i)
+    assert sim.run_until(lambda: not sim.monitor.pending, 10.0)
+    assert set(sim.membership_counts().values()) == {36}
+    for i in (3, 11, 19, 27):
+        sim.resume(i)
+    assert sim.run_until(lambda: not sim.monitor.pending, 10.0)
+    assert set(sim.membership_counts().values()) == {40}
+    assert sim.monitor.flaps == 0
+
+
+def test_membership_only_nodes_converge_at_200() -> None:
+    sim = Simulator(SimConfig(200, seed=2, node_factory=MembershipOnly))
+    sim.run(1.0)
+    sim.pause(77)
+    assert sim.run_until(lambda: not sim.monitor.pending, 10.0)
+    assert set(sim.membership_counts().values()) == {199}
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.05])
+@pytest.mark.parametrize("random_front_end", [False, True])
+def test_history_without_faults_is_linearizable(loss: float, random_front_end: bool) -> None:
+    sim = Simulator(SimConfig(8, seed=21, network=NetworkConfig(loss=loss)))
+    sim.run(1.0)
+    keys = [b"key-%d" % i for i in range(12)]
+    mix = RandomMix(sim, keys, Values(16), sim.now + 8.0, sim.rng("mix"))
+    front_ends = range(8) if random_front_end else [0]
+    group = ClientGroup(sim, mix, 6, front_ends, random_front_end).start()
+    sim.run_for(10.0)
+    assert group.done
+    ops = list(sim.history)
+    assert len(ops) > 1000
+    assert sum(op.response is not None for op in ops) > 0.95 * len(ops)
+    result = check(sim.history)
+    assert result.ok, str(result)
+
+
+def test_crash_restart_run_completes() -> None:
+    params = Params(nodes=6, duration=15.0, keys=20, clients=4, faults=("crash", "loss"))
+    result = run_scenario("random-faults", params, 4)
+    assert result.error is None
+    assert result.final_reads > 0
+    assert any(c.fault.startswith("crash") for c in result.convergence)
+    assert any(c.fault.startswith("start") for c in result.convergence)
+    assert result.check is not None
+
+
+def test_eval_part2_small_runs_through_every_stage() -> None:
+    params = Params(nodes=40, keys=200, clients=8, rounds=1, duration=5.0)
+    result = run_scenario("eval-part2", params, 1)
+    assert result.error is None
+    names = [s.name for s in result.stages]
+    assert names[:3] == ["membership", "store/load 0", "suspend 1 membership"]
+    assert names[-1] == "sequential consistency"
+    by_name = {s.name: s for s in result.stages}
+    for name in ("membership", "store/load 0", "suspend 1 membership", "resume all"):
+        assert by_name[name].passed, by_name[name].line()
+
+
+def test_scale_reports_load_and_convergence() -> None:
+    result = run_scenario("scale", Params(nodes=40, duration=3.0), 1)
+    assert result.ok, result.text()
+    assert 4 < result.traffic["datagrams"] < 20
+    failure = next(s for s in result.stages if s.name == "failure")
+    assert failure.figures["converged_s"] < 10
+
+
+# ------------------------------------------------------------ the command
+
+
+def test_cli_prints_the_summary_and_exits_zero_when_ok() -> None:
+    out = CliRunner().invoke(sim_command, ["scale", "--nodes", "10", "--duration", "2"])
+    assert out.exit_code == 0, out.output
+    assert "ringkv sim scale --nodes 10 --duration 2 --seed 1: ok" in out.output
+
+
+def test_cli_prints_seed_and_replay_line_on_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(params: Params, seed: int) -> ScenarioResult:
+        result = ScenarioResult("scale", params, seed)
+        result.stages.append(Stage("made up", {}, False, "something"))
+        return result
+
+    monkeypatch.setitem(scenarios.SCENARIOS, "scale", failing)
+    out = CliRunner().invoke(sim_command, ["scale", "--nodes", "5", "--seed", "9", "--json"])
+    assert out.exit_code == 1
+    assert "FAILED with seed 9" in out.output
+    assert "ringkv sim scale --nodes 5 --seed 9" in out.output
+
+
+def test_params_round_trip_through_the_replay_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = Params(nodes=12, loss=0.03, keys=50, faults=("pause", "loss"), full_nodes=True)
+    line = ScenarioResult("random-faults", params, 5).replay_command()
+    assert line == (
+        "ringkv sim random-faults --nodes 12 --loss 0.03 --keys 50 --faults pause,loss "
+        "--full-nodes --seed 5"
+    )
+    seen: list[tuple[Params, int]] = []
+
+    def capture(p: Params, seed: int) -> ScenarioResult:
+        seen.append((p, seed))
+        return ScenarioResult("random-faults", p, seed)
+
+    monkeypatch.setitem(scenarios.SCENARIOS, "random-faults", capture)
+    out = CliRunner().invoke(sim_command, line.split()[2:])
+    assert out.exit_code == 0, out.output
+    assert seen == [(params, 5)]
