@@ -45,7 +45,7 @@ RESEND_AFTER = 0.3  # seconds without an ACK before a write is sent down again
 GIVE_UP_AFTER = 30.0  # a write nobody acknowledges for this long is dropped
 SYNC_RETRY = 1.0  # a transfer not complete after this long is asked for again
 SETTLE = 2.0  # seconds after the last view change before the settling pull
-JOIN_DELAY = 1.0  # seconds after the last view change before a joining node pulls
+JOIN_DELAY = 0.5  # seconds from joining a chain to pulling it: views agree by then
 HANDOFF_RETRY = 2.0  # seconds between hints to members that have not confirmed
 _STAMP_NODE_BITS = 12
 
@@ -106,8 +106,7 @@ class Replication:
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         self._settle_at: float | None = None
         self._settle_slots: set[int] = set()
-        self._deferred: set[int] = set()  # unsynced slots whose pull waits for views to settle
-        self._pull_at = 0.0
+        self._deferred: dict[int, float] = {}  # unsynced slot -> when to pull it
         self._handoff: dict[int, set[int]] = {}  # foreign slot -> members yet to confirm
         self._handoff_at: float | None = None
 
@@ -242,8 +241,6 @@ class Replication:
         }
         self._settle_slots |= changed
         self._settle_at = now + SETTLE
-        if self._deferred:
-            self._pull_at = now + JOIN_DELAY  # views are still moving
         for slot in list(self._unsynced):
             if slot not in self._my_slots:
                 del self._unsynced[slot]
@@ -270,20 +267,19 @@ class Replication:
         """Stop serving these slots now; pull them once views have had time to agree.
 
         Pulling at once could miss writes that nodes with an older view still
-        send around this node; JOIN_DELAY after the last view change they
-        route through it, so a pull then sees everything.
+        send around this node; JOIN_DELAY later most views agree, and the
+        settling pull after the last change catches what still went around.
         """
+        due = now + JOIN_DELAY
         for slot in slots:
             self._unsynced.setdefault(slot, set())
-        self._deferred |= slots
-        if self._deferred:
-            self._pull_at = now + JOIN_DELAY
+            self._deferred.setdefault(slot, due)
 
     def _pull_deferred(self, now: float) -> list[Send]:
-        if not self._deferred or now < self._pull_at:
-            return []
-        slots, self._deferred = self._deferred & self._my_slots, set()
-        return self._pull(slots, now, gating=True)
+        due = [slot for slot, when in self._deferred.items() if when <= now]
+        for slot in due:
+            del self._deferred[slot]
+        return self._pull(set(due) & self._my_slots, now, gating=True) if due else []
 
     def _slots_of_mine(self, alive: frozenset[int]) -> set[int]:
         return self.ring.slots_with(self.index, alive, self.replicas)
