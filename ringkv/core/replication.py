@@ -104,6 +104,9 @@ class Replication:
         self._transfers: dict[int, _Transfer] = {}
         self._unsynced: dict[int, set[int]] = {}  # slot -> sources still to answer
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
+        # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
+        # The neighbour holds their outcome; this node's pull does not bring it.
+        self._handed_on: dict[bytes, tuple[int, float]] = {}
         self._settle_at: float | None = None
         self._settle_slots: set[int] = set()
         self._deferred: dict[int, float] = {}  # unsynced slot -> when to pull it
@@ -121,6 +124,11 @@ class Replication:
         chain = self.ring.chain_at(slot, self.alive, self.replicas)
         is_read = request.command == Command.GET
         forward_to = self._route(slot, chain, is_read, hops)
+        if not is_read and hops < MAX_HOPS + self.replicas:
+            # A retry of a write this node handed on goes where its outcome is.
+            forward_to = self._handed_on.get(message_id, (forward_to,))[0]
+            if forward_to is not None and slot in self._unsynced and forward_to != chain[0]:
+                self._handed_on[message_id] = (forward_to, now + self.replies.retention)
         if forward_to is not None:
             return [(peer.encode_forward(client, data, hops + 1), self.servers[forward_to])]
         if is_read:
@@ -368,6 +376,8 @@ class Replication:
     # -- time -------------------------------------------------------------------
 
     def on_tick(self, now: float) -> list[Send]:
+        if self._handed_on:
+            self._forget_handed_on(now)
         sends = self._resend_pending(now)
         sends.extend(self._pull_deferred(now))
         sends.extend(self._retry_transfers(now))
@@ -375,6 +385,11 @@ class Replication:
             sends.extend(self._settle(now))
         sends.extend(self._hint_handoffs(now))
         return sends
+
+    def _forget_handed_on(self, now: float) -> None:
+        for message_id, (_, until) in list(self._handed_on.items()):
+            if until <= now:
+                del self._handed_on[message_id]
 
     def _resend_pending(self, now: float) -> list[Send]:
         sends: list[Send] = []
