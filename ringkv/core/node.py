@@ -177,7 +177,7 @@ class Node:
         state_of = self.membership.state_of
         return "".join(state_of(i)[0].upper() for i in range(len(self.config.servers)))
 
-    def status(self) -> dict[str, object]:
+    def status(self, now: float) -> dict[str, object]:
         """A small summary for `ringkv cluster status`."""
         return {
             "index": self.index,
@@ -188,7 +188,7 @@ class Node:
             "deaths": 0 if self.membership is None else self.membership.deaths,
             "suspicions": 0 if self.membership is None else self.membership.suspicions,
             "keys": len(self.storage),
-            "roles": self.replication.roles(),
+            "roles": self.replication.roles(now),
             "transfers": self.replication.transfers_in_progress(),
             "unsynced_slots": self.replication.unsynced_slots(),
             "stored_bytes": self.storage.used,
@@ -239,7 +239,7 @@ class Node:
                 replication.on_sync_confirm(data)
                 return []
             if kind == peer.STATUS_REQUEST:
-                return [(peer.encode_status_reply(peer.status_token(data), self.status()), src)]
+                return [(peer.encode_status_reply(peer.status_token(data), self.status(now)), src)]
         except (peer.PeerDecodeError, WireError):
             pass
         self.stats.dropped += 1

@@ -112,6 +112,7 @@ class Replication:
         self._deferred: dict[int, float] = {}  # unsynced slot -> when to pull it
         self._handoff: dict[int, set[int]] = {}  # foreign slot -> members yet to confirm
         self._handoff_at: float | None = None
+        self._roles: tuple[float, dict[str, int]] = (0.0, {})  # (recount after, counts)
 
     # -- client requests ------------------------------------------------------
 
@@ -484,8 +485,10 @@ class Replication:
 
     # -- status -----------------------------------------------------------------
 
-    def roles(self) -> dict[str, int]:
-        """Live keys held as head, middle and tail (O(keys): for status only)."""
+    def roles(self, now: float) -> dict[str, int]:
+        """Live keys held as head, middle and tail; O(keys), so recounted every 5 s at most."""
+        if now < self._roles[0]:
+            return self._roles[1]
         counts = {"head": 0, "middle": 0, "tail": 0}
         ring, alive, r, me = self.ring, self.alive, self.replicas, self.index
         for key, (value, _, _) in self.storage.items():
@@ -498,6 +501,7 @@ class Replication:
                 counts["tail"] += 1
             elif me in chain:
                 counts["middle"] += 1
+        self._roles = (now + 5.0, counts)
         return counts
 
     def transfers_in_progress(self) -> int:

@@ -52,7 +52,8 @@ class Storage:
         return entry[2] if entry is not None else 0
 
     def fits(self, key: bytes, value: bytes) -> bool:
-        return self._delta(key, value) <= 0 or self.used + self._delta(key, value) <= self.budget
+        delta = self._delta(key, value)
+        return delta <= 0 or self.used + delta <= self.budget
 
     def put(self, key: bytes, value: bytes, version: int, stamp: int = 0) -> bool:
         """Store the entry; False (and nothing stored) if it would exceed the budget."""
