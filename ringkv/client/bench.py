@@ -49,7 +49,7 @@ from google.protobuf.message import DecodeError
 from ringkv.client.client import client_socket, resolve, route_ip
 from ringkv.client.local import stop
 from ringkv.servers import Addr
-from ringkv.wire.codec import Err, KVResponse, Msg, encode_msg
+from ringkv.wire.codec import Err, KVResponse, Msg, encode_msg, varint
 
 INF = math.inf
 _U64 = struct.Struct("!Q")
@@ -116,26 +116,17 @@ class BenchResult:
 # -- encoding pieces -----------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 # Field 4 (version) of a KVRequest, pre-encoded for every version a PUT uses.
-_VERSION_FIELDS = [b"\x20" + _varint(v) for v in range(_VERSIONS + 1)]
+_VERSION_FIELDS = [b"\x20" + varint(v) for v in range(_VERSIONS + 1)]
 
 
 def _put_head(key: bytes, value_size: int) -> bytes:
     """KVRequest up to the value bytes: command=PUT, key, value's tag and length."""
-    return b"\x08\x01\x12" + _varint(len(key)) + key + b"\x1a" + _varint(value_size)
+    return b"\x08\x01\x12" + varint(len(key)) + key + b"\x1a" + varint(value_size)
 
 
 def _get_payload(key: bytes) -> bytes:
-    return b"\x08\x02\x12" + _varint(len(key)) + key
+    return b"\x08\x02\x12" + varint(len(key)) + key
 
 
 def _value_maker(value_size: int) -> Callable[[int], bytes]:

@@ -35,6 +35,7 @@ __all__ = [
     "encode_request",
     "encode_response",
     "new_message_id",
+    "varint",
 ]
 
 MAX_KEY = 32
@@ -71,7 +72,8 @@ def checksum(message_id: bytes, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(message_id))
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint."""
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -81,11 +83,11 @@ def _varint(n: int) -> bytes:
 
 
 # Lengths up to a typical datagram, pre-encoded: framing is on every reply's path.
-_LENGTHS = [_varint(n) for n in range(1 << 14)]
+_LENGTHS = [varint(n) for n in range(1 << 14)]
 
 
 def _length(n: int) -> bytes:
-    return _LENGTHS[n] if n < 1 << 14 else _varint(n)
+    return _LENGTHS[n] if n < 1 << 14 else varint(n)
 
 
 _CRC = struct.Struct("<Q")
@@ -152,7 +154,7 @@ def encode_response(
     overload_wait_ms: int = 0,
 ) -> bytes:
     """A reply datagram; the KVResponse is written by hand (errCode always present)."""
-    parts = [_ERR_FIELDS[err] if err < len(_ERR_FIELDS) else b"\x08" + _varint(err)]
+    parts = [_ERR_FIELDS[err] if err < len(_ERR_FIELDS) else b"\x08" + varint(err)]
     if value:
         parts.append(b"\x12" + _length(len(value)))
         parts.append(value)
@@ -172,7 +174,7 @@ _ERR_FIELDS = [b"\x08" + bytes((code,)) for code in range(128)]
 
 def _int32(n: int) -> bytes:
     # protobuf writes a negative int32 as its 64-bit two's complement varint.
-    return _varint(n & 0xFFFF_FFFF_FFFF_FFFF) if n < 0 else _varint(n)
+    return varint(n & 0xFFFF_FFFF_FFFF_FFFF) if n < 0 else varint(n)
 
 
 def decode_response(payload: bytes) -> KVResponse:
