@@ -134,7 +134,7 @@ class Replication:
             return [(peer.encode_forward(client, data, hops + 1), self.servers[forward_to])]
         if is_read:
             return [(self._read(message_id, key), client)]
-        return self._lead_write(message_id, request, client, chain, now)
+        return self._lead_write(message_id, request, client, slot, chain, now)
 
     def _route(self, slot: int, chain: tuple[int, ...], is_read: bool, hops: int) -> int | None:
         """Where to send a request on, or None to execute it here.
@@ -165,8 +165,8 @@ class Replication:
         return encode_response(message_id, Err.OK, value=entry[0], version=entry[1])
 
     def _lead_write(
-        self, message_id: bytes, request: KVRequest, client: Addr, chain: tuple[int, ...],
-        now: float,
+        self, message_id: bytes, request: KVRequest, client: Addr, slot: int,
+        chain: tuple[int, ...], now: float,
     ) -> list[Send]:  # fmt: skip
         pending = self._pending.get(message_id)
         if pending is not None:  # a retry of a write still on its way down
@@ -177,7 +177,7 @@ class Replication:
         key = request.key
         if request.command == Command.PUT:
             if not self.storage.fits(key, request.value):
-                self.replies.put(message_id, Err.NO_SPACE, now)
+                self.replies.put(message_id, Err.NO_SPACE, now, slot)
                 return [(encode_response(message_id, Err.NO_SPACE), client)]
             value: bytes | None = request.value
         else:
@@ -187,7 +187,7 @@ class Replication:
         err = Err.OK if value is not None or self.storage.get(key) is not None else Err.NO_KEY
         stamp = self._next_stamp(key, now)
         self.storage.apply(key, value, request.version, stamp, now)
-        self.replies.put(message_id, err, now)
+        self.replies.put(message_id, err, now, slot)
         self.stats.writes_led += 1
         write = Write(message_id, client, err, key, value, request.version, stamp, (self.index,))
         return self._send_down(write, now)
@@ -206,7 +206,8 @@ class Replication:
         if not self.storage.apply(write.key, write.value, write.version, write.stamp, now):
             if self.storage.stamp_of(write.key) < write.stamp:
                 self.stats.refused_copies += 1  # over budget here: the chain goes on
-        self.replies.put(write.message_id, write.err, now)
+        slot = self.ring.slot_of(key_position(write.key))
+        self.replies.put(write.message_id, write.err, now, slot)
         self.stats.replicated += 1
         if self.index not in write.path:
             write.path = (*write.path, self.index)
@@ -326,16 +327,21 @@ class Replication:
             for key, (value, version, stamp) in self.storage.items()
             if slot_of(key_position(key)) in wanted
         ]
-        return [(batch, src) for batch in peer.encode_sync_batches(request_id, entries)]
+        outcomes = self.replies.outcomes_in(wanted)
+        batches = peer.encode_sync_batches(request_id, entries, outcomes)
+        return [(batch, src) for batch in batches]
 
     def on_sync_data(self, data: bytes, now: float) -> list[Send]:
         request_id, number = peer.decode_sync_head(data)
         transfer = self._transfers.get(request_id)
         if transfer is None or number in transfer.received:
             return []
-        for key, value, version, stamp in peer.decode_sync_entries(data):
+        entries, outcomes = peer.decode_sync_entries(data)
+        for key, value, version, stamp in entries:
             if self.storage.apply(key, value, version, stamp, now):
                 self.stats.keys_received += 1
+        for message_id, err, slot in outcomes:
+            self.replies.put(message_id, err, now, slot)
         transfer.received.add(number)
         return self._maybe_complete(request_id, transfer, now)
 

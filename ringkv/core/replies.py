@@ -3,6 +3,8 @@
 A repeat of a message ID is answered from here and not executed again. The
 commands that need this (PUT, REMOVE, WIPEOUT) answer with an error code
 only, so the error code is all that is kept: the reply is rebuilt on a hit.
+Beside it, the ring slot of the write's key, so that a node taking over a
+slot receives the slot's recent outcomes with its keys.
 
 Expiry is bucketed by whole seconds: each second's IDs sit in one list and
 go together, so an entry costs a dict slot and a list slot, nothing more.
@@ -35,13 +37,14 @@ class ReplyCache:
         return len(self._outcomes)
 
     def get(self, message_id: bytes) -> int | None:
-        return self._outcomes.get(message_id)
+        packed = self._outcomes.get(message_id)
+        return None if packed is None else packed & 0xFF
 
-    def put(self, message_id: bytes, err: int, now: float) -> None:
+    def put(self, message_id: bytes, err: int, now: float, slot: int = -1) -> None:
         outcomes = self._outcomes
         if message_id in outcomes:
             return
-        outcomes[message_id] = err
+        outcomes[message_id] = err | (slot + 1) << 8  # one int: error code and slot
         expires = math.ceil(now + self.retention)
         buckets = self._buckets
         if buckets and buckets[-1][0] == expires:
@@ -50,6 +53,15 @@ class ReplyCache:
             buckets.append((expires, [message_id]))
         while len(outcomes) > self.max_entries and len(buckets) > 1:
             self._drop_oldest()
+
+    def outcomes_in(self, slots: set[int]) -> list[tuple[bytes, int, int]]:
+        """(message ID, error code, slot) of the kept outcomes of writes to these slots."""
+        found = []
+        for message_id, packed in self._outcomes.items():
+            slot = (packed >> 8) - 1
+            if slot in slots:
+                found.append((message_id, packed & 0xFF, slot))
+        return found
 
     def expire(self, now: float) -> None:
         buckets = self._buckets

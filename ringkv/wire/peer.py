@@ -166,9 +166,11 @@ def decode_ack(data: bytes) -> bytes:
 # -- key transfer ----------------------------------------------------------------
 
 _SYNC_HEAD = struct.Struct("!2sBIH")  # magic, kind, request id, count / batch number
-_ENTRY_HEAD = struct.Struct("!BBQiH")  # key length, removed, stamp, version, value length
+_ENTRY_HEAD = struct.Struct("!BBQiH")  # key length, kind, stamp, version, value length
 
 TransferEntry = tuple[bytes, bytes | None, int, int]  # key, value (None: removed), version, stamp
+Outcome = tuple[bytes, int, int]  # message ID, error code, slot: at-most-once travels too
+_VALUE, _TOMBSTONE, _OUTCOME = 0, 1, 2  # entry kinds
 
 
 def encode_slots(kind: int, number: int, slots: list[int]) -> bytes:
@@ -185,14 +187,19 @@ def decode_slots(data: bytes) -> tuple[int, list[int]]:
         raise PeerDecodeError("short slot list") from exc
 
 
-def encode_sync_batches(request_id: int, entries: list[TransferEntry]) -> list[bytes]:
+def encode_sync_batches(
+    request_id: int, entries: list[TransferEntry], outcomes: list[Outcome] = ()  # type: ignore[assignment]
+) -> list[bytes]:
     """SYNC_DATA datagrams numbered 0.. followed by SYNC_DONE with their count."""
     batches: list[bytes] = []
     parts: list[bytes] = []
     size = 0
-    for key, value, version, stamp in entries:
+    # An outcome is an entry of its own kind: message ID as key, slot as stamp.
+    rows = [(k, v, ver, st, _TOMBSTONE if v is None else _VALUE) for k, v, ver, st in entries]
+    rows += [(mid, None, err, slot, _OUTCOME) for mid, err, slot in outcomes]
+    for key, value, version, stamp, kind in rows:
         body = b"" if value is None else value
-        parts.append(_ENTRY_HEAD.pack(len(key), value is None, stamp, version, len(body)))
+        parts.append(_ENTRY_HEAD.pack(len(key), kind, stamp, version, len(body)))
         parts.append(key)
         parts.append(body)
         size += _ENTRY_HEAD.size + len(key) + len(body)
@@ -218,20 +225,24 @@ def decode_sync_head(data: bytes) -> tuple[int, int]:
     return request_id, number
 
 
-def decode_sync_entries(data: bytes) -> list[TransferEntry]:
+def decode_sync_entries(data: bytes) -> tuple[list[TransferEntry], list[Outcome]]:
     entries: list[TransferEntry] = []
+    outcomes: list[Outcome] = []
     pos = _SYNC_HEAD.size
     try:
         while pos < len(data):
-            key_len, removed, stamp, version, value_len = _ENTRY_HEAD.unpack_from(data, pos)
+            key_len, kind, stamp, version, value_len = _ENTRY_HEAD.unpack_from(data, pos)
             pos += _ENTRY_HEAD.size
             key = data[pos : pos + key_len]
             pos += key_len
-            value = None if removed else data[pos : pos + value_len]
+            if kind == _OUTCOME:
+                outcomes.append((key, version, stamp))
+            else:
+                value = None if kind == _TOMBSTONE else data[pos : pos + value_len]
+                entries.append((key, value, version, stamp))
             pos += value_len
-            entries.append((key, value, version, stamp))
     except struct.error as exc:
         raise PeerDecodeError("truncated SYNC_DATA") from exc
     if pos != len(data):
         raise PeerDecodeError("truncated SYNC_DATA")
-    return entries
+    return entries, outcomes
