@@ -28,6 +28,7 @@ keys of slots it is no longer a member of asks the members to pull them
 from __future__ import annotations
 
 import itertools
+from collections import deque
 from dataclasses import dataclass, field
 
 from ringkv.core.replies import ReplyCache
@@ -43,7 +44,10 @@ Send = tuple[bytes, Addr]
 MAX_HOPS = 2  # a request forwarded this many times is executed where it lands
 RESEND_AFTER = 0.3  # seconds without an ACK before a write is sent down again
 GIVE_UP_AFTER = 30.0  # a write nobody acknowledges for this long is dropped
-SYNC_RETRY = 1.0  # a transfer not complete after this long is asked for again
+SYNC_RETRY = 1.0  # a transfer not complete after this long is asked again, backing off
+SYNC_CHUNK = 32  # slots per transfer request: a lost answer costs little to redo
+MAX_TRANSFERS = 4  # requests in flight per node; the rest wait their turn, so a
+# cluster-wide re-pull cannot flood receive buffers into a retry storm
 SETTLE = 2.0  # seconds after the last view change before the settling pull
 JOIN_DELAY = 0.5  # seconds from joining a chain to pulling it: views agree by then
 HANDOFF_RETRY = 2.0  # seconds between hints to members that have not confirmed
@@ -64,6 +68,7 @@ class _Transfer:
     gating: bool  # the slots are not served until it completes
     sent_at: float
     confirm: bool = False  # tell the source when done (a handoff)
+    attempts: int = 0  # earlier tries that timed out: each doubles the wait
     received: set[int] = field(default_factory=set)
     expected: int | None = None
 
@@ -101,7 +106,8 @@ class Replication:
         self._pending: dict[bytes, _Pending] = {}
         self._last_stamp = 0
         self._request_ids = itertools.count(1)
-        self._transfers: dict[int, _Transfer] = {}
+        self._transfers: dict[int, _Transfer] = {}  # in flight, by request id
+        self._queue: deque[_Transfer] = deque()  # waiting for a free place
         self._unsynced: dict[int, set[int]] = {}  # slot -> sources still to answer
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
@@ -307,14 +313,30 @@ class Replication:
                     self._unsynced.pop(slot, None)
             for source in sources:
                 by_source.setdefault(source, []).append(slot)
-        return [self._request(source, s, gating, now) for source, s in by_source.items()]
+        for source, source_slots in by_source.items():
+            self._enqueue(source, source_slots, gating)
+        return self._pump(now)
 
-    def _request(
-        self, source: int, slots: list[int], gating: bool, now: float, confirm: bool = False
-    ) -> Send:
-        request_id = next(self._request_ids)
-        self._transfers[request_id] = _Transfer(source, slots, gating, now, confirm)
-        return (peer.encode_slots(peer.SYNC_REQUEST, request_id, slots), self.servers[source])
+    def _enqueue(self, source: int, slots: list[int], gating: bool, confirm: bool = False) -> None:
+        for i in range(0, len(slots), SYNC_CHUNK):
+            chunk = slots[i : i + SYNC_CHUNK]
+            self._queue.append(_Transfer(source, chunk, gating, 0.0, confirm))
+
+    def _pump(self, now: float) -> list[Send]:
+        """Send queued transfer requests while fewer than MAX_TRANSFERS are in flight."""
+        sends: list[Send] = []
+        while self._queue and len(self._transfers) < MAX_TRANSFERS:
+            transfer = self._queue.popleft()
+            if transfer.source not in self.alive:
+                if transfer.gating:
+                    self._give_up_on(transfer)
+                continue
+            request_id = next(self._request_ids)
+            transfer.sent_at = now
+            self._transfers[request_id] = transfer
+            request = peer.encode_slots(peer.SYNC_REQUEST, request_id, transfer.slots)
+            sends.append((request, self.servers[transfer.source]))
+        return sends
 
     # -- transfer: serving and receiving ------------------------------------------
 
@@ -358,6 +380,10 @@ class Replication:
             return []
         del self._transfers[request_id]
         self.stats.transfers_done += 1
+        sends = self._finish_transfer(transfer)
+        return sends + self._pump(now)
+
+    def _finish_transfer(self, transfer: _Transfer) -> list[Send]:
         if transfer.confirm:
             confirm = peer.encode_slots(peer.SYNC_CONFIRM, self.index, transfer.slots)
             return [(confirm, self.servers[transfer.source])]
@@ -378,7 +404,9 @@ class Replication:
                 again.append(slot)
             else:
                 del self._unsynced[slot]
-        return [self._request(transfer.source, again, True, now)] if again else []
+        if again:
+            self._enqueue(transfer.source, again, True)
+        return []
 
     # -- time -------------------------------------------------------------------
 
@@ -408,20 +436,18 @@ class Replication:
         return sends
 
     def _retry_transfers(self, now: float) -> list[Send]:
-        sends: list[Send] = []
         for request_id, transfer in list(self._transfers.items()):
-            if now - transfer.sent_at < SYNC_RETRY:
+            if now - transfer.sent_at < SYNC_RETRY * 2 ** min(transfer.attempts, 3):
                 continue
             del self._transfers[request_id]
             if transfer.source in self.alive:
-                sends.append(
-                    self._request(
-                        transfer.source, transfer.slots, transfer.gating, now, transfer.confirm
-                    )
-                )
+                transfer.attempts += 1
+                transfer.received.clear()
+                transfer.expected = None
+                self._queue.appendleft(transfer)
             elif transfer.gating:
                 self._give_up_on(transfer)
-        return sends
+        return self._pump(now)
 
     def _give_up_on(self, transfer: _Transfer) -> None:
         """The source died: the slot is as complete as the remaining members make it."""
@@ -468,7 +494,8 @@ class Replication:
         source, slots = peer.decode_slots(data)
         if not 0 <= source < len(self.servers) or source == self.index:
             return []
-        return [self._request(source, slots, False, now, confirm=True)]
+        self._enqueue(source, slots, False, confirm=True)
+        return self._pump(now)
 
     def on_sync_confirm(self, data: bytes) -> None:
         """A member has our keys of these slots: once all members do, drop them."""
@@ -511,7 +538,7 @@ class Replication:
         return counts
 
     def transfers_in_progress(self) -> int:
-        return len(self._transfers)
+        return len(self._transfers) + len(self._queue)
 
     def unsynced_slots(self) -> int:
         return len(self._unsynced)
