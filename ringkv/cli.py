@@ -540,9 +540,11 @@ def _bench_one(config: BenchConfig, label: str, as_json: bool) -> BenchResult:
 
 
 def _register_groups() -> None:
+    from ringkv.check_cli import check
     from ringkv.cli_cluster import cluster
     from ringkv.sim.cli import sim
 
+    main.add_command(check)
     main.add_command(cluster)
     main.add_command(sim)
 

@@ -119,8 +119,17 @@ class Tally:
             f"{self.requests:,} requests: {self.ok:,} {ok_word} ({self.ok_pct:.2f} %), "
             f"{self.timeouts:,} time-outs, {self.not_found:,} not found, {self.wrong:,} wrong; "
             f"errCodes {codes}; {self.throughput:,.0f} req/s, "
-            f"p50 {self.percentile_ms(0.5):.1f} ms, p99 {self.percentile_ms(0.99):.1f} ms"
+            f"p50 {ms(self.percentile_ms(0.5))}, p99 {ms(self.percentile_ms(0.99))}"
         )
+
+
+def ms(value: float) -> str:
+    """Milliseconds with the digits that matter: 0.042 ms, 3.1 ms, 250 ms."""
+    if value <= 0:
+        return "-"  # nothing was answered
+    if value < 1:
+        return f"{value:.3f} ms"
+    return f"{value:.1f} ms" if value < 100 else f"{value:,.0f} ms"
 
 
 async def timed_request(
