@@ -28,7 +28,6 @@ keys of slots it is no longer a member of asks the members to pull them
 from __future__ import annotations
 
 import itertools
-from collections import deque
 from dataclasses import dataclass, field
 
 from ringkv.core.replies import ReplyCache
@@ -44,9 +43,9 @@ Send = tuple[bytes, Addr]
 MAX_HOPS = 2  # a request forwarded this many times is executed where it lands
 RESEND_AFTER = 0.3  # seconds without an ACK before a write is sent down again
 GIVE_UP_AFTER = 30.0  # a write nobody acknowledges for this long is dropped
-SYNC_RETRY = 1.0  # a transfer not complete after this long is asked again, backing off
-SYNC_CHUNK = 32  # slots per transfer request: a lost answer costs little to redo
-MAX_TRANSFERS = 4  # requests in flight per node; the rest wait their turn, so a
+SYNC_RETRY = 1.0  # a transfer not complete after this long is asked for again
+SYNC_CHUNK = 128  # slots per transfer request: each request costs the source a scan of its keys
+MAX_TRANSFERS = 2  # requests in flight per node; the rest wait their turn, so a
 # cluster-wide re-pull cannot flood receive buffers into a retry storm
 SETTLE = 2.0  # seconds after the last view change before the settling pull
 JOIN_DELAY = 0.5  # seconds from joining a chain to pulling it: views agree by then
@@ -68,7 +67,6 @@ class _Transfer:
     gating: bool  # the slots are not served until it completes
     sent_at: float
     confirm: bool = False  # tell the source when done (a handoff)
-    attempts: int = 0  # earlier tries that timed out: each doubles the wait
     received: set[int] = field(default_factory=set)
     expected: int | None = None
 
@@ -107,7 +105,9 @@ class Replication:
         self._last_stamp = 0
         self._request_ids = itertools.count(1)
         self._transfers: dict[int, _Transfer] = {}  # in flight, by request id
-        self._queue: deque[_Transfer] = deque()  # waiting for a free place
+        # Slots waiting for a free place, by (source, gating, confirm): a slot asked
+        # for again while it waits is not asked for twice.
+        self._queue: dict[tuple[int, bool, bool], set[int]] = {}
         self._unsynced: dict[int, set[int]] = {}  # slot -> sources still to answer
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
@@ -318,15 +318,18 @@ class Replication:
         return self._pump(now)
 
     def _enqueue(self, source: int, slots: list[int], gating: bool, confirm: bool = False) -> None:
-        for i in range(0, len(slots), SYNC_CHUNK):
-            chunk = slots[i : i + SYNC_CHUNK]
-            self._queue.append(_Transfer(source, chunk, gating, 0.0, confirm))
+        self._queue.setdefault((source, gating, confirm), set()).update(slots)
 
     def _pump(self, now: float) -> list[Send]:
         """Send queued transfer requests while fewer than MAX_TRANSFERS are in flight."""
         sends: list[Send] = []
         while self._queue and len(self._transfers) < MAX_TRANSFERS:
-            transfer = self._queue.popleft()
+            (source, gating, confirm), waiting = next(iter(self._queue.items()))
+            chunk = sorted(waiting)[:SYNC_CHUNK]
+            waiting.difference_update(chunk)
+            if not waiting:
+                del self._queue[(source, gating, confirm)]
+            transfer = _Transfer(source, chunk, gating, 0.0, confirm)
             if transfer.source not in self.alive:
                 if transfer.gating:
                     self._give_up_on(transfer)
@@ -437,14 +440,11 @@ class Replication:
 
     def _retry_transfers(self, now: float) -> list[Send]:
         for request_id, transfer in list(self._transfers.items()):
-            if now - transfer.sent_at < SYNC_RETRY * 2 ** min(transfer.attempts, 3):
+            if now - transfer.sent_at < SYNC_RETRY:
                 continue
             del self._transfers[request_id]
             if transfer.source in self.alive:
-                transfer.attempts += 1
-                transfer.received.clear()
-                transfer.expected = None
-                self._queue.appendleft(transfer)
+                self._enqueue(transfer.source, transfer.slots, transfer.gating, transfer.confirm)
             elif transfer.gating:
                 self._give_up_on(transfer)
         return self._pump(now)
@@ -538,7 +538,9 @@ class Replication:
         return counts
 
     def transfers_in_progress(self) -> int:
-        return len(self._transfers) + len(self._queue)
+        """Transfer requests in flight plus those the queued slots will need."""
+        queued = sum(-(-len(slots) // SYNC_CHUNK) for slots in self._queue.values())
+        return len(self._transfers) + queued
 
     def unsynced_slots(self) -> int:
         return len(self._unsynced)
