@@ -18,18 +18,6 @@ from ringkv.servers import Addr
 from ringkv.wire.codec import Command, Err, decode_msg, encode_response
 
 
-@pytest.fixture(scope="module")
-def node() -> Iterator[LocalNode]:
-    with local_node() as running:
-        yield running
-
-
-@pytest.fixture
-def client(node: LocalNode) -> Iterator[Client]:
-    with Client(node.addr) as c:
-        yield c
-
-
 def server_arg(addr: Addr) -> str:
     return f"{addr[0]}:{addr[1]}"
 

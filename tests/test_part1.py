@@ -9,7 +9,6 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -17,18 +16,6 @@ import pytest
 from ringkv.client.client import AsyncClient, Client, ClientTimeout
 from ringkv.client.local import LocalNode, local_node
 from ringkv.wire.codec import Command, Err
-
-
-@pytest.fixture(scope="module")
-def node() -> Iterator[LocalNode]:
-    with local_node() as running:
-        yield running
-
-
-@pytest.fixture
-def client(node: LocalNode) -> Iterator[Client]:
-    with Client(node.addr) as c:
-        yield c
 
 
 def test_liveness(client: Client, node: LocalNode) -> None:
