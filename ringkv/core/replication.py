@@ -8,6 +8,13 @@ moves on to the first member of the *current* chain not on its path, so a
 chain that changes while a write is in flight is still walked completely.
 Members keep writes not yet acknowledged and resend them on every tick.
 
+Views differ for a moment after every change, and a node that has not yet
+seen a change acts on the old chain. Two rules keep such a node from serving
+a stale read. A write carries every node some member on its path meant it
+for (its targets), so a member with an older view cannot end it early; and
+for LINGER seconds after a node returns, the live node it pushed out of a
+chain (which may still think itself the tail) gets every write as well.
+
 Stamps order writes per key across the cluster: a hybrid logical clock
 (wall-clock microseconds, never behind the key's last stamp) in the high
 bits and the head's index in the low 12 bits. A head that takes over after
@@ -18,7 +25,9 @@ Key transfer is by ring slot. A node that becomes a member of a slot's
 chain (a node died and it is next on the ring, or it came back) pulls the
 slot from every other member and, until all have answered, does not serve
 the slot: reads go to its predecessor and writes to its successor, which act
-for it. After every view change, once views have had time to agree, each
+for it. A member that does not yet count the puller in the chain (its view
+is older, so it may still send writes around the puller) says so, and the
+slot is pulled from it again later. After every view change, once views have had time to agree, each
 node pulls the slots whose chain changed once more, so a write that went
 around a node because of a late view still reaches it; and a node holding
 keys of slots it is no longer a member of asks the members to pull them
@@ -50,6 +59,7 @@ MAX_TRANSFERS = 2  # requests in flight per node; the rest wait their turn, so a
 SETTLE = 2.0  # seconds after the last view change before the settling pull
 JOIN_DELAY = 0.5  # seconds from joining a chain to pulling it: views agree by then
 HANDOFF_RETRY = 2.0  # seconds between hints to members that have not confirmed
+LINGER = 10.0  # seconds a live node pushed out of a chain still gets its writes
 _STAMP_NODE_BITS = 12
 
 
@@ -69,6 +79,7 @@ class _Transfer:
     confirm: bool = False  # tell the source when done (a handoff)
     received: set[int] = field(default_factory=set)
     expected: int | None = None
+    strangers: list[int] = field(default_factory=list)  # slots the source leaves us out of
 
 
 @dataclass
@@ -119,6 +130,8 @@ class Replication:
         self._handoff: dict[int, set[int]] = {}  # foreign slot -> members yet to confirm
         self._handoff_at: float | None = None
         self._roles: tuple[float, dict[str, int]] = (0.0, {})  # (recount after, counts)
+        # Views replaced when nodes joined, kept LINGER seconds: (until when, old view).
+        self._former_views: list[tuple[float, frozenset[int]]] = []
 
     # -- client requests ------------------------------------------------------
 
@@ -222,7 +235,12 @@ class Replication:
     def _send_down(self, write: Write, now: float) -> list[Send]:
         """Pass a write to the next member that has not applied it, or finish it here."""
         slot = self.ring.slot_of(key_position(write.key))
-        chain = self.ring.chain_at(slot, self.alive, self.replicas)
+        chain = self._write_chain(slot, now)
+        # Members earlier on the path may know of nodes this view does not rank in the
+        # chain yet (or any longer): those still alive here get the write as well.
+        alive = self.alive
+        chain += tuple(m for m in write.targets if m not in chain and m in alive)
+        write.targets = chain
         successor = next((m for m in chain if m not in write.path), None)
         if successor is None:
             return self._finish(write)
@@ -239,6 +257,25 @@ class Replication:
         sends.extend((ack, self.servers[m]) for m in write.path if m != self.index)
         return sends
 
+    def _write_chain(self, slot: int, now: float) -> tuple[int, ...]:
+        """The chain, then live nodes that a node's return pushed out of it lately.
+
+        A node pushed out of a chain may not know it yet and still serve reads
+        as the tail; until every view has caught up it gets every write, and
+        the last of them answers the client.
+        """
+        chain = self.ring.chain_at(slot, self.alive, self.replicas)
+        if not self._former_views:
+            return chain
+        if self._former_views[0][0] <= now:
+            self._former_views = [(t, v) for t, v in self._former_views if t > now]
+        extra: list[int] = []
+        for _, view in self._former_views:
+            for member in self.ring.chain_at(slot, view, self.replicas):
+                if member in self.alive and member not in chain and member not in extra:
+                    extra.append(member)
+        return (*chain, *extra) if extra else chain
+
     def on_ack(self, data: bytes) -> None:
         self._pending.pop(peer.decode_ack(data), None)
 
@@ -247,6 +284,8 @@ class Replication:
     def on_view(self, alive: frozenset[int], now: float) -> list[Send]:
         """The set of live nodes changed: pull newly owned slots, plan the settling pull."""
         old_alive, self.alive = self.alive, alive
+        if alive - old_alive:
+            self._former_views.append((now + LINGER, old_alive))
         old_slots, self._my_slots = self._my_slots, self._slots_of_mine(alive)
         gained = self._my_slots - old_slots
         ring, r = self.ring, self.replicas
@@ -337,14 +376,14 @@ class Replication:
             request_id = next(self._request_ids)
             transfer.sent_at = now
             self._transfers[request_id] = transfer
-            request = peer.encode_slots(peer.SYNC_REQUEST, request_id, transfer.slots)
+            request = peer.encode_sync_request(request_id, self.index, transfer.slots)
             sends.append((request, self.servers[transfer.source]))
         return sends
 
     # -- transfer: serving and receiving ------------------------------------------
 
     def on_sync_request(self, data: bytes, src: Addr) -> list[Send]:
-        request_id, slots = peer.decode_slots(data)
+        request_id, requester, slots = peer.decode_sync_request(data)
         wanted = set(slots)
         slot_of = self.ring.slot_of
         entries = [
@@ -353,7 +392,9 @@ class Replication:
             if slot_of(key_position(key)) in wanted
         ]
         outcomes = self.replies.outcomes_in(wanted)
-        batches = peer.encode_sync_batches(request_id, entries, outcomes)
+        chain_at, alive, r = self.ring.chain_at, self.alive, self.replicas
+        strangers = [s for s in slots if requester not in chain_at(s, alive, r)]
+        batches = peer.encode_sync_batches(request_id, entries, outcomes, strangers)
         return [(batch, src) for batch in batches]
 
     def on_sync_data(self, data: bytes, now: float) -> list[Send]:
@@ -376,6 +417,7 @@ class Replication:
         if transfer is None:
             return []
         transfer.expected = count
+        transfer.strangers = peer.decode_sync_strangers(data)
         return self._maybe_complete(request_id, transfer, now)
 
     def _maybe_complete(self, request_id: int, transfer: _Transfer, now: float) -> list[Send]:
@@ -383,19 +425,24 @@ class Replication:
             return []
         del self._transfers[request_id]
         self.stats.transfers_done += 1
-        sends = self._finish_transfer(transfer)
+        sends = self._finish_transfer(transfer, now)
         return sends + self._pump(now)
 
-    def _finish_transfer(self, transfer: _Transfer) -> list[Send]:
+    def _finish_transfer(self, transfer: _Transfer, now: float) -> list[Send]:
         if transfer.confirm:
             confirm = peer.encode_slots(peer.SYNC_CONFIRM, self.index, transfer.slots)
             return [(confirm, self.servers[transfer.source])]
         if not transfer.gating:
             return []
         again: list[int] = []
+        strangers = set(transfer.strangers)
         for slot in transfer.slots:
             waiting = self._unsynced.get(slot)
             if waiting is None:
+                continue
+            if slot in strangers:
+                # The source may still route writes around us: ask again later.
+                self._deferred.setdefault(slot, now + JOIN_DELAY)
                 continue
             waiting.discard(transfer.source)
             if waiting:

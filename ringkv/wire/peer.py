@@ -93,14 +93,16 @@ def decode_status_reply(data: bytes) -> tuple[bytes, dict[str, Any]]:
 
 # -- chain replication ---------------------------------------------------------
 
-# magic, kind, removed, err, stamp, version, client port, host, id, key, path lengths
-_REPLICATE_HEAD = struct.Struct("!2sBBBQiHBBBB")
+# magic, kind, removed, err, stamp, version, client port, host, id, key, path, targets lengths
+_REPLICATE_HEAD = struct.Struct("!2sBBBQiHBBBBB")
 
 
 class Write:
     """A write travelling down a chain, with what the tail needs to answer the client."""
 
-    __slots__ = ("client", "err", "key", "message_id", "path", "stamp", "value", "version")
+    __slots__ = (
+        "client", "err", "key", "message_id", "path", "stamp", "targets", "value", "version",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -112,6 +114,7 @@ class Write:
         version: int,
         stamp: int,
         path: tuple[int, ...],
+        targets: tuple[int, ...] = (),
     ) -> None:
         self.message_id = message_id
         self.client = client
@@ -121,6 +124,7 @@ class Write:
         self.version = version
         self.stamp = stamp
         self.path = path  # nodes that applied it, head first
+        self.targets = targets  # every node some member of the path meant it for
 
 
 def encode_replicate(write: Write) -> bytes:
@@ -128,18 +132,18 @@ def encode_replicate(write: Write) -> bytes:
     removed = write.value is None
     head = _REPLICATE_HEAD.pack(
         MAGIC, REPLICATE, removed, write.err, write.stamp, write.version, write.client[1],
-        len(host), len(write.message_id), len(write.key), len(write.path),
+        len(host), len(write.message_id), len(write.key), len(write.path), len(write.targets),
     )  # fmt: skip
-    path = struct.pack(f"!{len(write.path)}H", *write.path)
+    nodes = (*write.path, *write.targets)
+    path = struct.pack(f"!{len(nodes)}H", *nodes)
     value = b"" if write.value is None else write.value
     return b"".join((head, host, write.message_id, write.key, path, value))
 
 
 def decode_replicate(data: bytes) -> Write:
     try:
-        (_, _, removed, err, stamp, version, port, host_len, id_len, key_len, path_len) = (
-            _REPLICATE_HEAD.unpack_from(data)
-        )
+        (_, _, removed, err, stamp, version, port, host_len, id_len, key_len, path_len,
+         targets_len) = _REPLICATE_HEAD.unpack_from(data)  # fmt: skip
         pos = _REPLICATE_HEAD.size
         host = data[pos : pos + host_len].decode(errors="replace")
         pos += host_len
@@ -147,12 +151,13 @@ def decode_replicate(data: bytes) -> Write:
         pos += id_len
         key = data[pos : pos + key_len]
         pos += key_len
-        path = struct.unpack_from(f"!{path_len}H", data, pos)
-        pos += 2 * path_len
+        nodes = struct.unpack_from(f"!{path_len + targets_len}H", data, pos)
+        pos += 2 * len(nodes)
     except struct.error as exc:
         raise PeerDecodeError("short REPLICATE") from exc
     value = None if removed else data[pos:]
-    return Write(message_id, (host, port), err, key, value, version, stamp, path)
+    path, targets = nodes[:path_len], nodes[path_len:]
+    return Write(message_id, (host, port), err, key, value, version, stamp, path, targets)
 
 
 def encode_ack(message_id: bytes) -> bytes:
@@ -173,8 +178,21 @@ Outcome = tuple[bytes, int, int]  # message ID, error code, slot: at-most-once t
 _VALUE, _TOMBSTONE, _OUTCOME = 0, 1, 2  # entry kinds
 
 
+def encode_sync_request(request_id: int, requester: int, slots: list[int]) -> bytes:
+    """SYNC_REQUEST: a slot list with the requester's index in front of the slots."""
+    return encode_slots(SYNC_REQUEST, request_id, [requester, *slots])
+
+
+def decode_sync_request(data: bytes) -> tuple[int, int, list[int]]:
+    """(request id, requester, slots)."""
+    request_id, numbers = decode_slots(data)
+    if not numbers:
+        raise PeerDecodeError("SYNC_REQUEST without its requester")
+    return request_id, numbers[0], numbers[1:]
+
+
 def encode_slots(kind: int, number: int, slots: list[int]) -> bytes:
-    """SYNC_REQUEST (number: request id), HANDOFF and SYNC_CONFIRM (number: sender)."""
+    """HANDOFF and SYNC_CONFIRM (number: sender); the body of SYNC_REQUEST."""
     head = _SYNC_HEAD.pack(MAGIC, kind, number, len(slots))
     return head + struct.pack(f"!{len(slots)}I", *slots)
 
@@ -188,9 +206,17 @@ def decode_slots(data: bytes) -> tuple[int, list[int]]:
 
 
 def encode_sync_batches(
-    request_id: int, entries: list[TransferEntry], outcomes: list[Outcome] = ()  # type: ignore[assignment]
+    request_id: int,
+    entries: list[TransferEntry],
+    outcomes: list[Outcome] = (),  # type: ignore[assignment]
+    strangers: list[int] = (),  # type: ignore[assignment]
 ) -> list[bytes]:
-    """SYNC_DATA datagrams numbered 0.. followed by SYNC_DONE with their count."""
+    """SYNC_DATA datagrams numbered 0.. followed by SYNC_DONE with their count.
+
+    SYNC_DONE also lists the requested slots whose chain, as the source sees
+    it, does not have the requester in it (yet): the source may still send
+    writes of those around the requester.
+    """
     batches: list[bytes] = []
     parts: list[bytes] = []
     size = 0
@@ -208,7 +234,8 @@ def encode_sync_batches(
             parts, size = [], 0
     if parts:
         batches.append(_batch(request_id, len(batches), parts))
-    batches.append(_SYNC_HEAD.pack(MAGIC, SYNC_DONE, request_id, len(batches)))
+    done = _SYNC_HEAD.pack(MAGIC, SYNC_DONE, request_id, len(batches))
+    batches.append(done + struct.pack(f"!{len(strangers)}I", *strangers))
     return batches
 
 
@@ -223,6 +250,14 @@ def decode_sync_head(data: bytes) -> tuple[int, int]:
     except struct.error as exc:
         raise PeerDecodeError("short SYNC message") from exc
     return request_id, number
+
+
+def decode_sync_strangers(data: bytes) -> list[int]:
+    """The slots of a SYNC_DONE whose chain at the source leaves the requester out."""
+    body = data[_SYNC_HEAD.size :]
+    if len(body) % 4:
+        raise PeerDecodeError("bad SYNC_DONE")
+    return list(struct.unpack(f"!{len(body) // 4}I", body))
 
 
 def decode_sync_entries(data: bytes) -> tuple[list[TransferEntry], list[Outcome]]:
