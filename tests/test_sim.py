@@ -299,6 +299,9 @@ STALE_READ_SEEDS = {
     # A suspected node re-pulled before its sources counted it in the chain again:
     # SYNC_DONE now names such slots and they are pulled again.
     1121: 9,
+    # The tail led a write handed on by unsynced members, and exposed it before the
+    # head had it: the tail never leads now, and a non-member never reads.
+    1510: 20,
 }
 
 

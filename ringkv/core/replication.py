@@ -151,6 +151,8 @@ class Replication:
                 self._handed_on[message_id] = (forward_to, now + self.replies.retention)
         if forward_to is not None:
             return [(peer.encode_forward(client, data, hops + 1), self.servers[forward_to])]
+        if not self._may_execute(chain, is_read):
+            return []  # views disagree too much for now; the client's retry finds them agreed
         if is_read:
             return [(self._read(message_id, key), client)]
         return self._lead_write(message_id, request, client, slot, chain, now)
@@ -176,6 +178,16 @@ class Replication:
                 self._delegated.add(slot)
             return neighbour
         return None
+
+    def _may_execute(self, chain: tuple[int, ...], is_read: bool) -> bool:
+        """Whatever the hops: reads only on a member, writes never led by the tail.
+
+        The tail exposes what it applies, so a write it led would be readable
+        before the rest of the chain has it; a non-member may lack writes.
+        """
+        if is_read:
+            return self.index in chain
+        return len(chain) < 2 or chain[-1] != self.index
 
     def _read(self, message_id: bytes, key: bytes) -> bytes:
         entry = self.storage.get(key)
