@@ -302,6 +302,9 @@ STALE_READ_SEEDS = {
     # The tail led a write handed on by unsynced members, and exposed it before the
     # head had it: the tail never leads now, and a non-member never reads.
     1510: 20,
+    # A returning node whose own view still counted a member as suspect dropped it
+    # from the write's targets: targets now go to every node not known dead.
+    1131: 14,
 }
 
 

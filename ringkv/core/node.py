@@ -158,6 +158,7 @@ class Node:
         if membership.times_suspected != self._seen_suspected:
             self._seen_suspected = membership.times_suspected
             self.replication.on_suspected(now)
+        self.replication.not_dead = membership.alive()
         if membership.healthy() is not self.replication.alive:
             sends.extend(self.replication.on_view(membership.healthy(), now))
         return sends

@@ -110,7 +110,8 @@ class Replication:
         self.replies = replies
         self.clock_offset = clock_offset
         self.stats = ReplicationStats()
-        self.alive: frozenset[int] = frozenset(range(len(servers)))
+        self.alive: frozenset[int] = frozenset(range(len(servers)))  # healthy: chains
+        self.not_dead: frozenset[int] = self.alive  # alive or suspect: may still serve
         self._my_slots = self._slots_of_mine(self.alive)
         self._pending: dict[bytes, _Pending] = {}
         self._last_stamp = 0
@@ -163,8 +164,8 @@ class Replication:
         First to the chain's tail (reads) or head (writes) as this node sees
         the chain; views can differ for a moment, so after MAX_HOPS a member
         executes what reaches it. A node still pulling the slot hands reads to
-        its predecessor and writes to its successor. The hop limit ends any
-        loop that differing views could make.
+        its predecessor and writes to its successor, unless that is the tail.
+        The hop limit ends any loop that differing views could make.
         """
         if hops >= MAX_HOPS + self.replicas:
             return None
@@ -174,7 +175,9 @@ class Replication:
             return target
         if slot in self._unsynced:
             neighbour = _neighbour(chain, self.index, before=is_read)
-            if neighbour is not None and not is_read:
+            if not is_read and neighbour is not None:
+                if neighbour == chain[-1]:
+                    return None  # the tail must not lead: act for the chain here
                 self._delegated.add(slot)
             return neighbour
         return None
@@ -249,9 +252,10 @@ class Replication:
         slot = self.ring.slot_of(key_position(write.key))
         chain = self._write_chain(slot, now)
         # Members earlier on the path may know of nodes this view does not rank in the
-        # chain yet (or any longer): those still alive here get the write as well.
-        alive = self.alive
-        chain += tuple(m for m in write.targets if m not in chain and m in alive)
+        # chain yet (or any longer): those not dead here get the write as well, even
+        # a suspect, which may still think itself a member and serve reads.
+        not_dead = self.not_dead
+        chain += tuple(m for m in write.targets if m not in chain and m in not_dead)
         write.targets = chain
         successor = next((m for m in chain if m not in write.path), None)
         if successor is None:
