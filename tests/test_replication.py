@@ -14,6 +14,10 @@ from typing import Any
 import pytest
 
 from ringkv.core.node import Node
+from ringkv.core.replication import Replication
+from ringkv.core.replies import ReplyCache
+from ringkv.core.ring import Ring
+from ringkv.core.storage import Storage
 from ringkv.servers import gossip_addr
 from ringkv.sim.checker import check
 from ringkv.sim.clients import Batch, ClientGroup, Request, RetryPolicy, Values
@@ -435,3 +439,30 @@ def _assert_state(sim: Simulator, key: bytes, value: bytes | None) -> None:
     reads = read_everywhere(sim, key)
     expected = (ERR_OK, value) if value is not None else (ERR_NOT_FOUND, None)
     assert all((op.err, op.value) == expected for op in reads), reads
+
+
+def test_head_of_a_changed_chain_hints_its_new_members_to_pull() -> None:
+    """When a member leaves, the head asks the chain's new member to pull from it at once."""
+    ring = Ring(8, vnodes=16)
+    servers = tuple(node_addr(i) for i in range(8))
+    everyone = frozenset(range(8))
+    me, gone = 0, 3
+    replication = Replication(me, servers, ring, 3, Storage(1 << 20), ReplyCache())
+    replication.on_view(everyone, 0.0)
+    replication._unsynced.clear()  # as after the start-up pull
+    sends = replication.on_view(everyone - {gone}, 1.0)
+
+    expected: dict[int, set[int]] = {}
+    for slot in range(ring.slots):
+        before, after = ring.chain_at(slot, everyone, 3), ring.chain_at(slot, everyone - {gone}, 3)
+        if after[0] == me and before != after:
+            for member in set(after) - set(before):
+                expected.setdefault(member, set()).add(slot)
+    assert expected, "the draw gave node 0 no chain that lost node 3"
+    hinted = {}
+    for data, addr in sends:
+        assert peer.kind_of(data) == peer.HANDOFF
+        sender, slots = peer.decode_slots(data)
+        assert sender == me
+        hinted[servers.index(addr)] = set(slots)
+    assert hinted == expected

@@ -316,7 +316,30 @@ class Replication:
             if slot not in self._my_slots:
                 del self._unsynced[slot]
         self._mark_unsynced(gained, now)
-        return []
+        return self._hint_new_members(changed, old_alive)
+
+    def _hint_new_members(self, changed: set[int], old_alive: frozenset[int]) -> list[Send]:
+        """As head of a changed chain, ask its new members to pull from us at once.
+
+        A new member pulls on its own once it learns of the change, but which
+        node learns first is chance; while the copies are too few, the next
+        failure can take the last of them. A hint is a HANDOFF: the receiver
+        pulls the slots from us without waiting.
+        """
+        ring, alive, r, me = self.ring, self.alive, self.replicas, self.index
+        hints: dict[int, list[int]] = {}
+        for slot in changed:
+            chain = ring.chain_at(slot, alive, r)
+            if chain[0] != me or slot in self._unsynced:
+                continue  # one hint per chain, and only from a member that has the slot
+            before = ring.chain_at(slot, old_alive, r)
+            for member in chain:
+                if member not in before:
+                    hints.setdefault(member, []).append(slot)
+        return [
+            (peer.encode_slots(peer.HANDOFF, me, sorted(slots)), self.servers[member])
+            for member, slots in hints.items()
+        ]
 
     def on_start(self, now: float) -> None:
         """A new process may replace one that crashed: pull every slot before serving it."""
