@@ -32,10 +32,11 @@ def test_short_replicate_is_a_decode_error() -> None:
         peer.decode_replicate(data[:30])
 
 
-def test_sync_request_carries_the_requester() -> None:
-    data = peer.encode_sync_request(77, 39, [5, 1000, 4095])
+def test_sync_request_carries_the_requester_and_the_oldest_stamp_wanted() -> None:
+    since = (1_800_000_000 * 1_000_000) << 12  # a stamp: wall-clock µs, node bits
+    data = peer.encode_sync_request(77, 39, since, [5, 1000, 4095])
     assert peer.kind_of(data) == peer.SYNC_REQUEST
-    assert peer.decode_sync_request(data) == (77, 39, [5, 1000, 4095])
+    assert peer.decode_sync_request(data) == (77, 39, since, [5, 1000, 4095])
 
 
 def test_sync_done_lists_the_slots_that_leave_the_requester_out() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ringkv.core.node import Node
-from ringkv.core.replication import Replication
+from ringkv.core.replication import LOOKBACK, Replication
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring
 from ringkv.core.storage import Storage
@@ -466,3 +466,45 @@ def test_head_of_a_changed_chain_hints_its_new_members_to_pull() -> None:
         assert sender == me
         hinted[servers.index(addr)] = set(slots)
     assert hinted == expected
+
+
+def _lone_replication(index: int = 0, nodes: int = 4) -> Replication:
+    servers = tuple(node_addr(i) for i in range(nodes))
+    return Replication(index, servers, Ring(nodes, vnodes=8), 3, Storage(1 << 20), ReplyCache())
+
+
+def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it() -> None:
+    requester = _lone_replication(0)
+    requester._unsynced.clear()
+    requester.on_pause(gap=20.0, now=100.0)
+    requests = requester.on_tick(100.0 + 1.0)  # JOIN_DELAY later
+    assert requests
+    missed_since = requester._stamp_at(100.0 - 20.0 - LOOKBACK)
+    for data, _ in requests:
+        _, who, since, _ = peer.decode_sync_request(data)
+        assert (who, since) == (0, missed_since)
+
+    # The source sends what is stamped at or after `since`, and nothing older.
+    source = _lone_replication(1)
+    old, new = missed_since - (1 << 12), missed_since + (1 << 12)
+    keys = {b"old-%d" % i: old for i in range(20)} | {b"new-%d" % i: new for i in range(20)}
+    for key, stamp in keys.items():
+        source.storage.apply(key, b"v", 1, stamp, 0.0)
+    everything = list(range(source.ring.slots))
+    answer = source.on_sync_request(
+        peer.encode_sync_request(9, 0, missed_since, everything), ("x", 1)
+    )
+    sent = [entry for data, _ in answer[:-1] for entry in peer.decode_sync_entries(data)[0]]
+    assert sorted(key for key, *_ in sent) == sorted(k for k, st in keys.items() if st == new)
+
+
+def test_a_transfer_still_receiving_batches_is_not_asked_for_again() -> None:
+    node = _lone_replication(0)
+    node._unsynced.clear()
+    node.on_start(0.0)
+    first = node.on_tick(1.0)
+    request_id = peer.decode_sync_request(first[0][0])[0]
+    batch = peer.encode_sync_batches(request_id, [(b"k", b"v", 1, 5)])[0]
+    node.on_sync_data(batch, 1.9)  # progress just before SYNC_RETRY runs out
+    node.on_tick(2.5)
+    assert request_id in node._transfers  # still waiting for the rest, not asked again

@@ -52,7 +52,7 @@ Send = tuple[bytes, Addr]
 MAX_HOPS = 2  # a request forwarded this many times is executed where it lands
 RESEND_AFTER = 0.3  # seconds without an ACK before a write is sent down again
 GIVE_UP_AFTER = 30.0  # a write nobody acknowledges for this long is dropped
-SYNC_RETRY = 1.0  # a transfer not complete after this long is asked for again
+SYNC_RETRY = 1.0  # a transfer without a batch for this long is asked for again
 SYNC_CHUNK = 128  # slots per transfer request: each request costs the source a scan of its keys
 MAX_TRANSFERS = 2  # requests in flight per node; the rest wait their turn, so a
 # cluster-wide re-pull cannot flood receive buffers into a retry storm
@@ -60,6 +60,11 @@ SETTLE = 2.0  # seconds after the last view change before the settling pull
 JOIN_DELAY = 0.5  # seconds from joining a chain to pulling it: views agree by then
 HANDOFF_RETRY = 2.0  # seconds between hints to members that have not confirmed
 LINGER = 10.0  # seconds a live node pushed out of a chain still gets its writes
+# A node that held a slot all along and may only have missed writes (it was
+# paused, or suspected) pulls just the entries stamped since it may have missed
+# them, less this margin: longer than a write can stay in flight (GIVE_UP_AFTER)
+# plus failure detection, and hosts' clocks must agree to better than it.
+LOOKBACK = 60.0
 _STAMP_NODE_BITS = 12
 
 
@@ -75,8 +80,9 @@ class _Transfer:
     source: int
     slots: list[int]
     gating: bool  # the slots are not served until it completes
-    sent_at: float
+    sent_at: float  # when requested, or when the last batch came in
     confirm: bool = False  # tell the source when done (a handoff)
+    since: int = 0  # only entries stamped since (0: all)
     received: set[int] = field(default_factory=set)
     expected: int | None = None
     strangers: list[int] = field(default_factory=list)  # slots the source leaves us out of
@@ -120,6 +126,7 @@ class Replication:
         # Slots waiting for a free place, by (source, gating, confirm): a slot asked
         # for again while it waits is not asked for twice.
         self._queue: dict[tuple[int, bool, bool], set[int]] = {}
+        self._queue_since: dict[tuple[int, bool, bool], int] = {}  # oldest stamp wanted
         self._unsynced: dict[int, set[int]] = {}  # slot -> sources still to answer
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
@@ -128,6 +135,8 @@ class Replication:
         self._settle_at: float | None = None
         self._settle_slots: set[int] = set()
         self._deferred: dict[int, float] = {}  # unsynced slot -> when to pull it
+        self._since: dict[int, int] = {}  # unsynced slot -> oldest stamp it may lack
+        self._settle_since = 0
         self._handoff: dict[int, set[int]] = {}  # foreign slot -> members yet to confirm
         self._handoff_at: float | None = None
         self._roles: tuple[float, dict[str, int]] = (0.0, {})  # (recount after, counts)
@@ -226,6 +235,10 @@ class Replication:
         write = Write(message_id, client, err, key, value, request.version, stamp, (self.index,))
         return self._send_down(write, now)
 
+    def _stamp_at(self, when: float) -> int:
+        """The lowest stamp a head could give a write at `when`."""
+        return max(0, int((when + self.clock_offset) * 1_000_000)) << _STAMP_NODE_BITS
+
     def _next_stamp(self, key: bytes, now: float) -> int:
         wall = int((now + self.clock_offset) * 1_000_000)
         floor = max(self._last_stamp, self.storage.stamp_of(key)) >> _STAMP_NODE_BITS
@@ -310,8 +323,7 @@ class Replication:
             for s in self._my_slots
             if ring.chain_at(s, alive, r) != ring.chain_at(s, old_alive, r)
         }
-        self._settle_slots |= changed
-        self._settle_at = now + SETTLE
+        self._plan_settle(changed, now - LOOKBACK, now)
         for slot in list(self._unsynced):
             if slot not in self._my_slots:
                 del self._unsynced[slot]
@@ -341,6 +353,13 @@ class Replication:
             for member, slots in hints.items()
         ]
 
+    def _plan_settle(self, slots: set[int], missed_since: float, now: float) -> None:
+        """Pull these slots again SETTLE after the last change, what is stamped since then."""
+        since = self._stamp_at(missed_since)
+        self._settle_since = since if self._settle_at is None else min(self._settle_since, since)
+        self._settle_slots |= slots
+        self._settle_at = now + SETTLE
+
     def on_start(self, now: float) -> None:
         """A new process may replace one that crashed: pull every slot before serving it."""
         self._mark_unsynced(self._my_slots, now)
@@ -349,15 +368,15 @@ class Replication:
         """This node was stopped: nothing it holds can be trusted until pulled again."""
         if gap > TOMBSTONE_TTL:
             self.storage.wipe()  # its tombstones may be gone elsewhere: old copies must go
-        self._settle_slots |= self._my_slots
-        self._settle_at = now + SETTLE
-        self._mark_unsynced(self._my_slots, now)
+        missed_since = now - gap - LOOKBACK
+        self._plan_settle(self._my_slots, missed_since, now)
+        self._mark_unsynced(self._my_slots, now, self._stamp_at(missed_since))
 
     def on_suspected(self, now: float) -> None:
         """Others suspected this node and may have routed writes around it: re-pull."""
-        self._mark_unsynced(self._my_slots, now)
+        self._mark_unsynced(self._my_slots, now, self._stamp_at(now - LOOKBACK))
 
-    def _mark_unsynced(self, slots: set[int], now: float) -> None:
+    def _mark_unsynced(self, slots: set[int], now: float, since: int = 0) -> None:
         """Stop serving these slots now; pull them once views have had time to agree.
 
         Pulling at once could miss writes that nodes with an older view still
@@ -365,8 +384,13 @@ class Replication:
         settling pull after the last change catches what still went around.
         """
         due = now + JOIN_DELAY
+        unsynced, since_of = self._unsynced, self._since
         for slot in slots:
-            self._unsynced.setdefault(slot, set())
+            if slot in unsynced:
+                since_of[slot] = min(since_of.get(slot, 0), since)
+            else:
+                unsynced[slot] = set()
+                since_of[slot] = since
             self._deferred.setdefault(slot, due)
 
     def _pull_deferred(self, now: float) -> list[Send]:
@@ -378,7 +402,9 @@ class Replication:
     def _slots_of_mine(self, alive: frozenset[int]) -> set[int]:
         return self.ring.slots_with(self.index, alive, self.replicas)
 
-    def _pull(self, slots: set[int], now: float, gating: bool) -> list[Send]:
+    def _pull(self, slots: set[int], now: float, gating: bool, since: int = 0) -> list[Send]:
+        if gating and slots:
+            since = min(self._since.get(slot, 0) for slot in slots)
         by_source: dict[int, list[int]] = {}
         for slot in sorted(slots):
             sources = [
@@ -392,22 +418,29 @@ class Replication:
             for source in sources:
                 by_source.setdefault(source, []).append(slot)
         for source, source_slots in by_source.items():
-            self._enqueue(source, source_slots, gating)
+            self._enqueue(source, source_slots, gating, since=since)
         return self._pump(now)
 
-    def _enqueue(self, source: int, slots: list[int], gating: bool, confirm: bool = False) -> None:
-        self._queue.setdefault((source, gating, confirm), set()).update(slots)
+    def _enqueue(
+        self, source: int, slots: list[int], gating: bool, confirm: bool = False, since: int = 0
+    ) -> None:
+        key = (source, gating, confirm)
+        self._queue.setdefault(key, set()).update(slots)
+        self._queue_since[key] = min(self._queue_since.get(key, since), since)
 
     def _pump(self, now: float) -> list[Send]:
         """Send queued transfer requests while fewer than MAX_TRANSFERS are in flight."""
         sends: list[Send] = []
         while self._queue and len(self._transfers) < MAX_TRANSFERS:
-            (source, gating, confirm), waiting = next(iter(self._queue.items()))
+            key, waiting = next(iter(self._queue.items()))
+            source, gating, confirm = key
             chunk = sorted(waiting)[:SYNC_CHUNK]
             waiting.difference_update(chunk)
+            since = self._queue_since.get(key, 0)
             if not waiting:
-                del self._queue[(source, gating, confirm)]
-            transfer = _Transfer(source, chunk, gating, 0.0, confirm)
+                del self._queue[key]
+                self._queue_since.pop(key, None)
+            transfer = _Transfer(source, chunk, gating, 0.0, confirm, since)
             if transfer.source not in self.alive:
                 if transfer.gating:
                     self._give_up_on(transfer)
@@ -415,20 +448,20 @@ class Replication:
             request_id = next(self._request_ids)
             transfer.sent_at = now
             self._transfers[request_id] = transfer
-            request = peer.encode_sync_request(request_id, self.index, transfer.slots)
+            request = peer.encode_sync_request(request_id, self.index, since, transfer.slots)
             sends.append((request, self.servers[transfer.source]))
         return sends
 
     # -- transfer: serving and receiving ------------------------------------------
 
     def on_sync_request(self, data: bytes, src: Addr) -> list[Send]:
-        request_id, requester, slots = peer.decode_sync_request(data)
+        request_id, requester, since, slots = peer.decode_sync_request(data)
         wanted = set(slots)
         slot_of = self.ring.slot_of
         entries = [
             (key, value, version, stamp)
             for key, (value, version, stamp) in self.storage.items()
-            if slot_of(key_position(key)) in wanted
+            if stamp >= since and slot_of(key_position(key)) in wanted
         ]
         outcomes = self.replies.outcomes_in(wanted)
         chain_at, alive, r = self.ring.chain_at, self.alive, self.replicas
@@ -441,6 +474,7 @@ class Replication:
         transfer = self._transfers.get(request_id)
         if transfer is None or number in transfer.received:
             return []
+        transfer.sent_at = now  # progress: a large transfer is not asked for again
         entries, outcomes = peer.decode_sync_entries(data)
         for key, value, version, stamp in entries:
             if self.storage.apply(key, value, version, stamp, now):
@@ -494,7 +528,7 @@ class Replication:
             else:
                 del self._unsynced[slot]
         if again:
-            self._enqueue(transfer.source, again, True)
+            self._enqueue(transfer.source, again, True, since=transfer.since)
         return []
 
     # -- time -------------------------------------------------------------------
@@ -530,7 +564,10 @@ class Replication:
                 continue
             del self._transfers[request_id]
             if transfer.source in self.alive:
-                self._enqueue(transfer.source, transfer.slots, transfer.gating, transfer.confirm)
+                self._enqueue(
+                    transfer.source, transfer.slots, transfer.gating, transfer.confirm,
+                    transfer.since,
+                )  # fmt: skip
             elif transfer.gating:
                 self._give_up_on(transfer)
         return self._pump(now)
@@ -548,7 +585,7 @@ class Replication:
         """Views have had time to agree: pull changed slots again, hand off what is not ours."""
         self._settle_at = None
         slots, self._settle_slots = self._settle_slots & self._my_slots, set()
-        sends = self._pull(slots, now, gating=False)
+        sends = self._pull(slots, now, gating=False, since=self._settle_since)
         self._handoff = self._foreign_slots()
         self._handoff_at = now
         return sends + self._hint_handoffs(now)

@@ -178,17 +178,19 @@ Outcome = tuple[bytes, int, int]  # message ID, error code, slot: at-most-once t
 _VALUE, _TOMBSTONE, _OUTCOME = 0, 1, 2  # entry kinds
 
 
-def encode_sync_request(request_id: int, requester: int, slots: list[int]) -> bytes:
-    """SYNC_REQUEST: a slot list with the requester's index in front of the slots."""
-    return encode_slots(SYNC_REQUEST, request_id, [requester, *slots])
+def encode_sync_request(request_id: int, requester: int, since: int, slots: list[int]) -> bytes:
+    """SYNC_REQUEST: the requester's index and the oldest stamp wanted, then the slots."""
+    return encode_slots(
+        SYNC_REQUEST, request_id, [requester, since >> 32, since & 0xFFFFFFFF, *slots]
+    )
 
 
-def decode_sync_request(data: bytes) -> tuple[int, int, list[int]]:
-    """(request id, requester, slots)."""
+def decode_sync_request(data: bytes) -> tuple[int, int, int, list[int]]:
+    """(request id, requester, since: entries stamped earlier are not wanted, slots)."""
     request_id, numbers = decode_slots(data)
-    if not numbers:
+    if len(numbers) < 3:
         raise PeerDecodeError("SYNC_REQUEST without its requester")
-    return request_id, numbers[0], numbers[1:]
+    return request_id, numbers[0], numbers[1] << 32 | numbers[2], numbers[3:]
 
 
 def encode_slots(kind: int, number: int, slots: list[int]) -> bytes:
