@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from ringkv.core.node import Node, NodeConfig, Outbox
+from ringkv.runtime.server import TICK_INTERVAL
 from ringkv.sim import scenarios
 from ringkv.sim.checker import check
 from ringkv.sim.cli import sim as sim_command
@@ -26,8 +27,6 @@ from ringkv.sim.cluster import (
 from ringkv.sim.history import GET
 from ringkv.sim.network import NetworkConfig
 from ringkv.sim.scenarios import Params, ScenarioResult, Stage, run_scenario
-
-RECORDER_TICK = 0.1
 
 
 class Recorder:
@@ -55,9 +54,6 @@ class Recorder:
         self.log.append((self.index, "tick", now))
         return Outbox()
 
-    def tick_due(self, now: float) -> float:
-        return now + RECORDER_TICK
-
     def membership_count(self) -> int:
         return 1
 
@@ -73,13 +69,13 @@ def recorder_sim(nodes: int = 2, **network: float) -> Simulator:
 # ------------------------------------------------------------ the simulator itself
 
 
-def test_ticks_when_the_node_asks_with_a_little_jitter() -> None:
+def test_ticks_at_the_runtime_interval_with_a_little_jitter() -> None:
     sim = recorder_sim(1)
     sim.run(2.0)
     ticks = [t for _, what, t in Recorder.log if what == "tick"]
     gaps = [b - a for a, b in itertools.pairwise(ticks)]
-    assert 2.0 / RECORDER_TICK - 2 <= len(ticks) <= 2.0 / RECORDER_TICK
-    assert all(RECORDER_TICK <= g <= RECORDER_TICK + 0.0021 for g in gaps)
+    assert 2.0 / TICK_INTERVAL - 2 <= len(ticks) <= 2.0 / TICK_INTERVAL
+    assert all(TICK_INTERVAL <= g <= TICK_INTERVAL + 0.0021 for g in gaps)
 
 
 def test_pause_queues_datagrams_and_resume_ticks_first_then_delivers() -> None:

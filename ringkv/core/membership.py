@@ -101,11 +101,10 @@ class MembershipConfig:
         after a pause, with 3 at once (repeated each period until one answers),
         since the deaths gossiped while we slept are no longer being gossiped.
     max_health 8: Lifeguard's cap; time-outs grow at most 9-fold.
-    max_clock_step 0.4: the most the protocol clock moves per call; drivers
-        call on_tick at `next_deadline` and at least every 0.25 s, so only a
-        tick more than 150 ms late is clipped.
-    pause_threshold 1.0: a gap this long (4 idle ticks missed) is a pause,
-        not scheduling noise.
+    max_clock_step 0.25: the most the protocol clock moves per call; drivers
+        call on_tick every ~50 ms, so only a late tick is clipped.
+    pause_threshold 1.0: a gap this long (20 ticks missed) is a pause, not
+        scheduling noise.
     """
 
     probe_period: float = 0.25
@@ -120,7 +119,7 @@ class MembershipConfig:
     sync_interval: float = 5.0
     sync_fanout: int = 3
     max_health: int = 8
-    max_clock_step: float = 0.4
+    max_clock_step: float = 0.25
     pause_threshold: float = 1.0
 
 
@@ -252,23 +251,6 @@ class Membership:
         self._maybe_probe_dead(out)
         self._maybe_sync(out)
         return out
-
-    def next_deadline(self) -> float:
-        """The `now` at which on_tick next has something to do (a timer expires)."""
-        probe = self._probe
-        if probe is None:
-            due = self._next_probe
-        else:
-            due = probe.end
-            if not probe.acked and not probe.req_sent:
-                due = min(due, probe.req_at)
-        due = min(due, self._next_dead_probe, self._next_sync)
-        for _, _, nack_at in self._relays.values():
-            due = min(due, nack_at)
-        for suspicion in self._suspicions.values():
-            last_call = suspicion.last_call
-            due = min(due, self._deadline(suspicion) if last_call is None else last_call)
-        return self._now + (due - self._clock)  # the protocol clock runs with `now`
 
     # ----- clock, lateness, pauses ---------------------------------------
 

@@ -36,12 +36,6 @@ _KEY_COMMANDS = frozenset((_PUT, _GET, _REMOVE))
 _FORWARD_KIND = bytes((peer.FORWARD,))
 # The reference client gives up after 0.7 s (100 + 200 + 400 ms).
 STALE_REQUEST_AGE = 1.0
-# Ticks: every BUSY_TICK while replication has work under way (resends, pulls),
-# else when membership's next timer is due but at least every IDLE_TICK. An idle
-# node so wakes about once per probe period instead of ten times a second.
-BUSY_TICK = 0.1
-IDLE_TICK = 0.25
-MIN_TICK = 0.005
 
 
 @dataclass(frozen=True)
@@ -56,16 +50,6 @@ class NodeConfig:
     clock_offset: float = 0.0  # wall clock minus `now`, for write stamps
     seed: int | None = None  # for this node's random choices; None: its index
     ring: Ring | None = None  # share one ring among many nodes in one process (simulator)
-
-
-def tick_due(now: float, busy: bool, membership: Membership | None) -> float:
-    """The tick policy: BUSY_TICK while busy, else membership's next timer within IDLE_TICK."""
-    if busy:
-        return now + BUSY_TICK
-    due = now + IDLE_TICK
-    if membership is not None:
-        due = min(due, membership.next_deadline())
-    return max(due, now + MIN_TICK)
 
 
 @dataclass
@@ -158,10 +142,6 @@ class Node:
             outbox.data.extend(self._pending_data)
             self._pending_data = []
         return outbox
-
-    def tick_due(self, now: float) -> float:
-        """When the driver should call on_tick next (an absolute `now`)."""
-        return tick_due(now, self.replication.busy(), self.membership)
 
     def _alive(self) -> frozenset[int]:
         return frozenset((self.index,)) if self.membership is None else self.membership.healthy()

@@ -660,17 +660,6 @@ class Replication:
         self._roles = (now + 5.0, counts)
         return counts
 
-    def busy(self) -> bool:
-        """Writes awaiting an ACK or transfers under way: timers to run every tick."""
-        return bool(
-            self._pending
-            or self._transfers
-            or self._queue
-            or self._deferred
-            or self._settle_at is not None
-            or self._handoff_at is not None
-        )
-
     def transfers_in_progress(self) -> int:
         """Transfer requests in flight plus those the queued slots will need."""
         queued = sum(-(-len(slots) // SYNC_CHUNK) for slots in self._queue.values())

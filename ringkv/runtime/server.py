@@ -19,11 +19,12 @@ import struct
 import time
 from collections.abc import Callable
 
-from ringkv.core.node import BUSY_TICK, Addr, Node, Send
+from ringkv.core.node import Addr, Node, Send
 from ringkv.servers import gossip_addr
 
 log = logging.getLogger("ringkv.node")
 
+TICK_INTERVAL = 0.1  # membership times acks to ~0.1 s; idle cost is mostly these wake-ups
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; not exported by Python
 _TIMESPEC = struct.Struct("qq")
 MAX_DATAGRAM = 65_535
@@ -84,8 +85,6 @@ class NodeServer:
         self._gossip: asyncio.DatagramTransport | None = None
         self.send_drops = 0
         self._stopped = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
-        self._tick_at = 0.0  # time.monotonic() of the armed tick
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -125,7 +124,6 @@ class NodeServer:
             self._send(on_datagram(data, addr, time.monotonic(), age))
             if self.node.exit_requested:
                 self._exit_now()
-        self._tick_sooner_if_busy()
 
     def _send(self, sends: list[Send]) -> None:
         sendto = self._sock.sendto
@@ -138,12 +136,7 @@ class NodeServer:
                 pass  # unreachable destination: the same
 
     def _on_gossip(self, data: bytes, addr: Addr) -> None:
-        now = time.monotonic()
-        self._send_gossip(self.node.on_gossip(data, now))
-        # An ACK can make the armed tick (its time-out) pointless: re-arm either way.
-        due = self.node.tick_due(now)
-        if abs(due - self._tick_at) > 0.005:
-            self._arm(due, now)
+        self._send_gossip(self.node.on_gossip(data, time.monotonic()))
 
     def _send_gossip(self, sends: list[Send]) -> None:
         if self._gossip is None:
@@ -152,25 +145,11 @@ class NodeServer:
             self._gossip.sendto(payload, dest)
 
     def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
         outbox = self.node.on_tick(time.monotonic())
         self._send(outbox.data)
         self._send_gossip(outbox.gossip)
-        now = time.monotonic()
-        self._arm(self.node.tick_due(now), now)
-
-    def _arm(self, when: float, now: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._tick_at = when
-        self._timer = asyncio.get_running_loop().call_later(when - now, self._tick)
-
-    def _tick_sooner_if_busy(self) -> None:
-        """Requests can start replication work (writes to resend) while the node idles."""
-        now = time.monotonic()
-        if self._tick_at - now > BUSY_TICK:
-            due = self.node.tick_due(now)
-            if due < self._tick_at - 0.005:
-                self._arm(due, now)
+        loop.call_later(TICK_INTERVAL, self._tick)
 
     def _exit_now(self) -> None:
         # SHUTDOWN behaves like a crash: no hand-off. The reply is already

@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ringkv.core.membership import Membership, MembershipConfig
-from ringkv.core.node import BUSY_TICK, Node, NodeConfig, Outbox, tick_due
+from ringkv.core.node import Node, NodeConfig, Outbox
 from ringkv.core.ring import Ring
+from ringkv.runtime.server import TICK_INTERVAL  # the runtime's tick: same timing here
 from ringkv.servers import gossip_addr
 from ringkv.sim.history import History
 from ringkv.sim.network import Network, NetworkConfig
@@ -70,7 +71,6 @@ class SimNode(Protocol):
     ) -> list[tuple[bytes, Addr]]: ...
     def on_gossip(self, data: bytes, now: float) -> list[tuple[bytes, Addr]]: ...
     def on_tick(self, now: float) -> Outbox: ...
-    def tick_due(self, now: float) -> float: ...
     def membership_count(self) -> int: ...
 
 
@@ -89,6 +89,7 @@ class SimConfig:
     membership: MembershipConfig | None = None
     replicas: int = 3
     memory_budget: int = 512 << 20
+    tick_interval: float = TICK_INTERVAL
     tick_jitter: float = 0.002  # asyncio's call_later drifts by a little each tick
     start_down: tuple[int, ...] = ()  # in the server list but started later (joins)
     clock_skew: float = 0.0  # each node's wall clock is off by up to this (write stamps)
@@ -138,8 +139,6 @@ class _Slot:
         "node",
         "starts",
         "state",
-        "tick_at",
-        "tick_token",
     )
 
     def __init__(self, index: int) -> None:
@@ -154,8 +153,6 @@ class _Slot:
         self.inbox_bytes = [0, 0]  # data port, gossip port
         self.starts = 0
         self.data = self.gossip = self.data_bytes = self.gossip_bytes = 0
-        self.tick_at = 0.0  # when the armed tick fires; re-arming replaces it (token)
-        self.tick_token = 0
 
 
 @dataclass
@@ -247,7 +244,7 @@ class Simulator:
                 if kind == _DELIVER:
                     self._deliver(a, b, c)
                 elif kind == _TICK:
-                    self._tick(a, b, c)
+                    self._tick(a, b)
                 else:
                     a(*b)
                 if self._halted:
@@ -339,18 +336,10 @@ class Simulator:
         assert node is not None
         if to_gossip:
             self._emit(slot, node.on_gossip(data, self.now), gossip=True)
-            # As the runtime: an ACK can make the armed tick pointless, re-arm either way.
-            due = node.tick_due(self.now)
-            if abs(due - slot.tick_at) > 0.005:
-                self._arm_tick(slot, due)
             return
         self._emit(slot, node.on_datagram(data, src, self.now, age), gossip=False)
         if node.exit_requested:
             self._stop(slot, "shutdown")
-        elif slot.tick_at - self.now > BUSY_TICK:
-            due = node.tick_due(self.now)
-            if due < slot.tick_at - 0.005:
-                self._arm_tick(slot, due)
 
     def _emit(self, slot: _Slot, sends: list[tuple[bytes, Addr]], gossip: bool) -> None:
         if not sends:
@@ -373,21 +362,17 @@ class Simulator:
 
     # -- ticks --------------------------------------------------------------
 
-    def _tick(self, index: int, gen: int, token: int) -> None:
+    def _tick(self, index: int, gen: int) -> None:
         slot = self._slots[index]
-        if slot.gen != gen or slot.tick_token != token or slot.state is not UP:
+        if slot.gen != gen or slot.state is not UP:
             return
         assert slot.node is not None
         self._emit_outbox(slot, slot.node.on_tick(self.now))
-        self._arm_tick(slot, slot.node.tick_due(self.now))
+        self._schedule_tick(slot, self.config.tick_interval)
 
-    def _arm_tick(self, slot: _Slot, due: float) -> None:
-        """The runtime's timer: one armed tick per node, at the time the node asks for."""
-        slot.tick_at = due
-        slot.tick_token += 1
-        when = due + self.config.tick_jitter * self._tick_rng.random()
-        item = (when, next(self._seq), _TICK, slot.index, slot.gen, slot.tick_token)
-        heapq.heappush(self._queue, item)
+    def _schedule_tick(self, slot: _Slot, base: float) -> None:
+        when = self.now + base + self.config.tick_jitter * self._tick_rng.random()
+        heapq.heappush(self._queue, (when, next(self._seq), _TICK, slot.index, slot.gen, None))
 
     # -- faults -------------------------------------------------------------
 
@@ -412,7 +397,7 @@ class Simulator:
                 break  # a queued SHUTDOWN ended it
             self._feed(slot, to_gossip, data, src, self.now - arrived)
         if slot.state is UP:
-            self._arm_tick(slot, node.tick_due(self.now))
+            self._schedule_tick(slot, self.config.tick_interval)
             self.monitor.fault(f"resume {index}")
 
     def crash(self, index: int) -> None:
@@ -453,8 +438,8 @@ class Simulator:
         slot.node = self._build(slot)
         slot.state = UP
         slot.gen += 1
-        # A process starts ticking at a random phase.
-        self._arm_tick(slot, self.now + BUSY_TICK * self._tick_rng.random())
+        # A process starts ticking at a random phase of the tick period.
+        self._schedule_tick(slot, self.config.tick_interval * self._tick_rng.random())
         if slot.starts > 1 or self.now > 0:
             self.monitor.fault(f"start {slot.index}")
 
@@ -641,9 +626,6 @@ class MembershipOnly:
     def on_tick(self, now: float) -> Outbox:
         addrs = self._gossip_addrs
         return Outbox(gossip=[(d, addrs[i]) for d, i in self.membership.on_tick(now)])
-
-    def tick_due(self, now: float) -> float:
-        return tick_due(now, False, self.membership)
 
     def membership_count(self) -> int:
         return self.membership.alive_count()
