@@ -16,7 +16,7 @@ import pytest
 from ringkv.core.node import Node
 from ringkv.core.replication import LOOKBACK, Replication
 from ringkv.core.replies import ReplyCache
-from ringkv.core.ring import Ring
+from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import Storage
 from ringkv.servers import gossip_addr
 from ringkv.sim.checker import check
@@ -441,13 +441,17 @@ def _assert_state(sim: Simulator, key: bytes, value: bytes | None) -> None:
     assert all((op.err, op.value) == expected for op in reads), reads
 
 
+def _indexed_store(ring: Ring) -> Storage:
+    return Storage(1 << 20, lambda key: ring.slot_of(key_position(key)))
+
+
 def test_head_of_a_changed_chain_hints_its_new_members_to_pull() -> None:
     """When a member leaves, the head asks the chain's new member to pull from it at once."""
     ring = Ring(8, vnodes=16)
     servers = tuple(node_addr(i) for i in range(8))
     everyone = frozenset(range(8))
     me, gone = 0, 3
-    replication = Replication(me, servers, ring, 3, Storage(1 << 20), ReplyCache())
+    replication = Replication(me, servers, ring, 3, _indexed_store(ring), ReplyCache())
     replication.on_view(everyone, 0.0)
     replication._unsynced.clear()  # as after the start-up pull
     sends = replication.on_view(everyone - {gone}, 1.0)
@@ -470,7 +474,8 @@ def test_head_of_a_changed_chain_hints_its_new_members_to_pull() -> None:
 
 def _lone_replication(index: int = 0, nodes: int = 4) -> Replication:
     servers = tuple(node_addr(i) for i in range(nodes))
-    return Replication(index, servers, Ring(nodes, vnodes=8), 3, Storage(1 << 20), ReplyCache())
+    ring = Ring(nodes, vnodes=8)
+    return Replication(index, servers, ring, 3, _indexed_store(ring), ReplyCache())
 
 
 def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ringkv.core.replies import ReplyCache
 from ringkv.core.storage import ENTRY_OVERHEAD, Storage
 
@@ -109,3 +111,25 @@ def test_live_count_and_accounting_through_tombstones() -> None:
     assert len(store) == 0 and store.used == 1 + ENTRY_OVERHEAD
     store.apply(b"a", b"12", 0, stamp=3, now=0.0)
     assert len(store) == 1 and store.used == 1 + 2 + ENTRY_OVERHEAD
+
+
+def test_group_index_follows_every_change() -> None:
+    store = Storage(1 << 20, group=lambda key: key[0] % 3)
+    for key in (b"a", b"b", b"c", b"d"):  # groups 1, 2, 0, 1
+        store.put(key, b"v", 1, stamp=1)
+    assert store.groups() == {0, 1, 2}
+    assert sorted(k for k, _ in store.entries_in({1})) == [b"a", b"d"]
+    store.remove(b"b", stamp=2, now=0.0)  # a tombstone stays findable: transfers carry it
+    assert [(k, e[0]) for k, e in store.entries_in({2})] == [(b"b", None)]
+    store.collect_tombstones(now=1e9)
+    assert store.groups() == {0, 1}
+    store.remove(b"c")  # no stamp: gone, with its group
+    assert store.groups() == {1}
+    store.wipe()
+    assert store.groups() == set()
+    assert store.entries_in({0, 1, 2}) == []
+
+
+def test_a_store_without_an_index_says_so() -> None:
+    with pytest.raises(TypeError):
+        Storage(1 << 20).groups()

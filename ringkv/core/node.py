@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ringkv.core.membership import Membership, MembershipConfig
 from ringkv.core.replication import Replication
 from ringkv.core.replies import DEFAULT_RETENTION, ReplyCache
-from ringkv.core.ring import Ring
+from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import Storage
 from ringkv.servers import gossip_addr
 from ringkv.wire import peer
@@ -73,14 +73,16 @@ class Node:
     def __init__(self, config: NodeConfig, now: float = 0.0) -> None:
         self.config = config
         self.index = config.self_index
-        self.storage = Storage(config.memory_budget)
+        n_nodes = len(config.servers)
+        self.ring = ring = config.ring or Ring(n_nodes)
+        # Transfers find a slot's keys through the store's index; one node never transfers.
+        by_slot = (lambda key: ring.slot_of(key_position(key))) if n_nodes > 1 else None
+        self.storage = Storage(config.memory_budget, by_slot)
         self.replies = ReplyCache(config.reply_retention)
         self.stats = NodeStats()
         self.exit_requested = False
         # Data-port sends caused by gossip go out with the next tick.
         self._pending_data: list[Send] = []
-        n_nodes = len(config.servers)
-        self.ring = config.ring or Ring(n_nodes)
         seed = self.index if config.seed is None else config.seed
         # A one-node cluster has nobody to gossip with.
         self.membership = (

@@ -457,11 +457,10 @@ class Replication:
     def on_sync_request(self, data: bytes, src: Addr) -> list[Send]:
         request_id, requester, since, slots = peer.decode_sync_request(data)
         wanted = set(slots)
-        slot_of = self.ring.slot_of
         entries = [
             (key, value, version, stamp)
-            for key, (value, version, stamp) in self.storage.items()
-            if stamp >= since and slot_of(key_position(key)) in wanted
+            for key, (value, version, stamp) in self.storage.entries_in(wanted)
+            if stamp >= since
         ]
         outcomes = self.replies.outcomes_in(wanted)
         chain_at, alive, r = self.ring.chain_at, self.alive, self.replicas
@@ -592,8 +591,8 @@ class Replication:
 
     def _foreign_slots(self) -> dict[int, set[int]]:
         """Slots this node holds keys of without being a member: who must take them."""
-        mine, slot_of = self._my_slots, self.ring.slot_of
-        held = {slot_of(key_position(key)) for key, _ in self.storage.items()}
+        mine = self._my_slots
+        held = self.storage.groups()
         return {
             slot: set(self.ring.chain_at(slot, self.alive, self.replicas)) for slot in held - mine
         }
@@ -633,11 +632,8 @@ class Replication:
                 del self._handoff[slot]
                 if slot not in self._my_slots:
                     done.add(slot)
-        if done:
-            slot_of = self.ring.slot_of
-            for key, _ in self.storage.items():
-                if slot_of(key_position(key)) in done:
-                    self.storage.remove(key)  # no tombstone: the members have it
+        for key, _ in self.storage.entries_in(done):
+            self.storage.remove(key)  # no tombstone: the members have it
 
     # -- status -----------------------------------------------------------------
 

@@ -6,6 +6,10 @@ higher stamp. A remove leaves a tombstone (value None) with its stamp, so an
 older copy arriving later from a node that missed the remove cannot bring
 the key back; tombstones are collected after `TOMBSTONE_TTL`.
 
+Keys can be indexed by group (replication uses ring slots), so that the
+keys of a few slots are found without a scan of the whole store; a one-node
+deployment, which never transfers, keeps no index.
+
 Memory is accounted on stored bytes: key and value lengths plus a fixed
 per-entry overhead that approximates what CPython spends on the dict slot,
 the tuple and the bytes headers. A write that would take the total past the
@@ -15,7 +19,7 @@ budget is refused and stores nothing; the node answers it with errCode 2.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 # dict slot + 3-tuple + two bytes headers, measured on CPython 3.11 (~190 B);
 # a little under so that the 512 MB default is not consumed by bookkeeping.
@@ -26,10 +30,12 @@ Entry = tuple[bytes | None, int, int]  # value (None: removed), version, stamp
 
 
 class Storage:
-    __slots__ = ("_data", "_tombstones", "budget", "live", "used")
+    __slots__ = ("_data", "_group", "_groups", "_tombstones", "budget", "live", "used")
 
-    def __init__(self, budget_bytes: int) -> None:
+    def __init__(self, budget_bytes: int, group: Callable[[bytes], int] | None = None) -> None:
         self._data: dict[bytes, Entry] = {}
+        self._group = group  # key -> group (a ring slot), or None for no index
+        self._groups: dict[int, set[bytes]] = {}
         self._tombstones: deque[tuple[float, bytes, int]] = deque()  # (when, key, stamp)
         self.budget = budget_bytes
         self.used = 0
@@ -63,6 +69,8 @@ class Storage:
         old = self._data.get(key)
         if old is None or old[0] is None:
             self.live += 1
+        if old is None:
+            self._index(key)
         self._data[key] = (value, version, stamp)
         self.used += delta
         return True
@@ -77,9 +85,13 @@ class Storage:
         if existed:
             self.live -= 1
         if stamp:
+            if old is None:
+                self._index(key)
             self._data[key] = (None, 0, stamp)
             self.used += len(key) + ENTRY_OVERHEAD
             self._tombstones.append((now, key, stamp))
+        elif old is not None:
+            self._unindex(key)
         return existed
 
     def apply(self, key: bytes, value: bytes | None, version: int, stamp: int, now: float) -> bool:
@@ -99,10 +111,12 @@ class Storage:
             entry = self._data.get(key)
             if entry is not None and entry[0] is None and entry[2] == stamp:
                 del self._data[key]
+                self._unindex(key)
                 self.used -= len(key) + ENTRY_OVERHEAD
 
     def wipe(self) -> None:
         self._data.clear()
+        self._groups.clear()
         self._tombstones.clear()
         self.used = 0
         self.live = 0
@@ -110,6 +124,32 @@ class Storage:
     def items(self) -> Iterator[tuple[bytes, Entry]]:
         """A snapshot of every entry, tombstones included."""
         return iter(list(self._data.items()))
+
+    def groups(self) -> set[int]:
+        """The groups that hold at least one entry (tombstones included)."""
+        if self._group is None:
+            raise TypeError("this store keeps no group index")
+        return set(self._groups)
+
+    def entries_in(self, groups: Iterable[int]) -> list[tuple[bytes, Entry]]:
+        """The entries (tombstones included) of keys in these groups."""
+        if self._group is None:
+            raise TypeError("this store keeps no group index")
+        data, index = self._data, self._groups
+        return [(key, data[key]) for group in groups for key in index.get(group, ())]
+
+    def _index(self, key: bytes) -> None:
+        if self._group is not None:
+            self._groups.setdefault(self._group(key), set()).add(key)
+
+    def _unindex(self, key: bytes) -> None:
+        if self._group is not None:
+            group = self._group(key)
+            keys = self._groups.get(group)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._groups[group]
 
     def _delta(self, key: bytes, value: bytes) -> int:
         old = self._data.get(key)
