@@ -25,6 +25,8 @@ from ringkv.servers import gossip_addr
 log = logging.getLogger("ringkv.node")
 
 TICK_INTERVAL = 0.1  # membership times acks to ~0.1 s; idle cost is mostly these wake-ups
+# A tick this overdue when datagrams arrive means the process was stopped: tick first.
+OVERDUE_TICK = 0.5
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; not exported by Python
 _TIMESPEC = struct.Struct("qq")
 MAX_DATAGRAM = 65_535
@@ -85,6 +87,7 @@ class NodeServer:
         self._gossip: asyncio.DatagramTransport | None = None
         self.send_drops = 0
         self._stopped = asyncio.Event()
+        self._last_tick = time.monotonic()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -108,7 +111,14 @@ class NodeServer:
             self._gossip.close()
 
     def _drain(self) -> None:
-        """Read what the data socket holds (up to DRAIN_LIMIT) and act on each."""
+        """Read what the data socket holds (up to DRAIN_LIMIT) and act on each.
+
+        After a SIGCONT the event loop polls sockets before it runs overdue
+        timers: without a tick first, the node would answer reads from data
+        it has not yet noticed may be stale.
+        """
+        if time.monotonic() - self._last_tick > OVERDUE_TICK:
+            self._run_tick()
         sock, on_datagram = self._sock, self.node.on_datagram
         for _ in range(DRAIN_LIMIT):
             try:
@@ -145,11 +155,14 @@ class NodeServer:
             self._gossip.sendto(payload, dest)
 
     def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        outbox = self.node.on_tick(time.monotonic())
+        self._run_tick()
+        asyncio.get_running_loop().call_later(TICK_INTERVAL, self._tick)
+
+    def _run_tick(self) -> None:
+        self._last_tick = now = time.monotonic()
+        outbox = self.node.on_tick(now)
         self._send(outbox.data)
         self._send_gossip(outbox.gossip)
-        loop.call_later(TICK_INTERVAL, self._tick)
 
     def _exit_now(self) -> None:
         # SHUTDOWN behaves like a crash: no hand-off. The reply is already
