@@ -162,7 +162,12 @@ class Replication:
         if forward_to is not None:
             return [(peer.encode_forward(client, data, hops + 1), self.servers[forward_to])]
         if not self._may_execute(chain, is_read):
-            return []  # views disagree too much for now; the client's retry finds them agreed
+            # Views disagree: hand it to the member that may (the tail for a read, the
+            # tail's predecessor for a write) while a few hops are left, else drop it.
+            fallback = chain[-1] if is_read else chain[-2]
+            if hops >= MAX_HOPS + self.replicas + 2 or fallback == self.index:
+                return []
+            return [(peer.encode_forward(client, data, hops + 1), self.servers[fallback])]
         if is_read:
             return [(self._read(message_id, key), client)]
         return self._lead_write(message_id, request, client, slot, chain, now)
