@@ -9,11 +9,13 @@ chain that changes while a write is in flight is still walked completely.
 Members keep writes not yet acknowledged and resend them on every tick.
 
 Views differ for a moment after every change, and a node that has not yet
-seen a change acts on the old chain. Two rules keep such a node from serving
-a stale read. A write carries every node some member on its path meant it
-for (its targets), so a member with an older view cannot end it early; and
-for LINGER seconds after a node returns, the live node it pushed out of a
-chain (which may still think itself the tail) gets every write as well.
+seen a change acts on the old chain. These rules keep such a node from
+serving a stale read. A write carries every node some member on its path
+meant it for (its targets), so a member with a different view cannot end it
+early; for LINGER seconds after a node returns, the live node it pushed out
+of a chain (which may still think itself the tail) gets every write as well;
+the tail never leads a write (it would expose it before the others have
+it), and only a member of the key's chain serves a read.
 
 Stamps order writes per key across the cluster: a hybrid logical clock
 (wall-clock microseconds, never behind the key's last stamp) in the high
@@ -27,11 +29,15 @@ slot from every other member and, until all have answered, does not serve
 the slot: reads go to its predecessor and writes to its successor, which act
 for it. A member that does not yet count the puller in the chain (its view
 is older, so it may still send writes around the puller) says so, and the
-slot is pulled from it again later. After every view change, once views have had time to agree, each
-node pulls the slots whose chain changed once more, so a write that went
-around a node because of a late view still reaches it; and a node holding
-keys of slots it is no longer a member of asks the members to pull them
-(HANDOFF) and drops them only when every member has confirmed.
+slot is pulled from it again later. A node that held its slots all along
+and only may have missed writes (it was paused or suspected) asks just for
+what was stamped since. The head of a changed chain asks its new members to
+pull from it at once (a HANDOFF hint). After every view change, once views
+have had time to agree, each node pulls the slots whose chain changed once
+more, so a write that went around a node because of a late view still
+reaches it; and a node holding keys of slots it is no longer a member of
+asks the members to pull them (HANDOFF) and drops them only when every
+member has confirmed.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ MAX_HOPS = 2  # a request forwarded this many times is executed where it lands
 RESEND_AFTER = 0.3  # seconds without an ACK before a write is sent down again
 GIVE_UP_AFTER = 30.0  # a write nobody acknowledges for this long is dropped
 SYNC_RETRY = 1.0  # a transfer without a batch for this long is asked for again
-SYNC_CHUNK = 128  # slots per transfer request: each request costs the source a scan of its keys
+SYNC_CHUNK = 128  # slots per transfer request (~1.5 MB at 40,000 keys of 500 B on 40 nodes)
 MAX_TRANSFERS = 2  # requests in flight per node; the rest wait their turn, so a
 # cluster-wide re-pull cannot flood receive buffers into a retry storm
 SETTLE = 2.0  # seconds after the last view change before the settling pull
