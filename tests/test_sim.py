@@ -305,6 +305,10 @@ STALE_READ_SEEDS = {
     # A returning node whose own view still counted a member as suspect dropped it
     # from the write's targets: targets now go to every node not known dead.
     1131: 14,
+    # A head that handed writes to its successor while pulling re-pulled from the
+    # member that answered last, not from the successor that had the writes, and
+    # then decided a REMOVE from a store that lacked the key: it pulls from all now.
+    1648: 16,
 }
 
 

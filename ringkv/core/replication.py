@@ -517,7 +517,6 @@ class Replication:
             return [(confirm, self.servers[transfer.source])]
         if not transfer.gating:
             return []
-        again: list[int] = []
         strangers = set(transfer.strangers)
         for slot in transfer.slots:
             waiting = self._unsynced.get(slot)
@@ -531,14 +530,12 @@ class Replication:
             if waiting:
                 continue
             if slot in self._delegated:
-                # Writes went to a neighbour meanwhile: pull once more to have them.
+                # Writes went to the successor meanwhile, and it may be the only one to
+                # have them yet: pull once more from every member, the successor too.
                 self._delegated.discard(slot)
-                waiting.add(transfer.source)
-                again.append(slot)
+                self._deferred.setdefault(slot, now)
             else:
                 del self._unsynced[slot]
-        if again:
-            self._enqueue(transfer.source, again, True, since=transfer.since)
         return []
 
     # -- time -------------------------------------------------------------------
