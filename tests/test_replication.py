@@ -17,7 +17,7 @@ from ringkv.core.node import Node
 from ringkv.core.replication import LOOKBACK, Replication
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring, key_position
-from ringkv.core.storage import Storage
+from ringkv.core.storage import TOMBSTONE_TTL, Storage
 from ringkv.servers import gossip_addr
 from ringkv.sim.checker import check
 from ringkv.sim.clients import Batch, ClientGroup, Request, RetryPolicy, Values
@@ -501,6 +501,16 @@ def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it
     )
     sent = [entry for data, _ in answer[:-1] for entry in peer.decode_sync_entries(data)[0]]
     assert sorted(key for key, *_ in sent) == sorted(k for k, st in keys.items() if st == new)
+
+
+def test_a_node_paused_past_the_tombstone_lifetime_pulls_everything() -> None:
+    """It dropped its copies on resume, so an incremental pull would leave them missing."""
+    node = _lone_replication(0)
+    node._unsynced.clear()
+    node.on_pause(gap=TOMBSTONE_TTL + 1.0, now=1000.0)
+    requests = node.on_tick(1001.0)
+    assert requests
+    assert all(peer.decode_sync_request(data)[2] == 0 for data, _ in requests)
 
 
 def test_a_transfer_still_receiving_batches_is_not_asked_for_again() -> None:

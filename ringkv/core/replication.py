@@ -377,9 +377,10 @@ class Replication:
 
     def on_pause(self, gap: float, now: float) -> None:
         """This node was stopped: nothing it holds can be trusted until pulled again."""
+        missed_since = now - gap - LOOKBACK
         if gap > TOMBSTONE_TTL:
             self.storage.wipe()  # its tombstones may be gone elsewhere: old copies must go
-        missed_since = now - gap - LOOKBACK
+            missed_since = -self.clock_offset  # wiped: everything is missing (stamp 0 on)
         self._plan_settle(self._my_slots, missed_since, now)
         self._mark_unsynced(self._my_slots, now, self._stamp_at(missed_since))
 
