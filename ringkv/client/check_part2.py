@@ -362,18 +362,19 @@ def suspend_1(ctx: Context) -> Verdict:
     p, s = ctx.params, ctx.scale
     _suspend(ctx, s.suspend, s.suspend_batch, p.suspend_gap)
     ctx.report.wait(p.suspend_wait, f"after suspending {nodes(s.suspend)}")
+    return _stage0_recovery(ctx)
+
+
+def _stage0_recovery(ctx: Context) -> Verdict:
+    """Membership right, and at least half the share of stage 0's keys that chance keeps."""
     members = check_membership(ctx, len(ctx.alive))
     chance = _chance(ctx)
     stage0 = ctx.state["stage0"]
-    share = read_keys(ctx, stage0, "keys of stage 0", p.stage0_clients, chance / 2, chance)
-    return _recovery_verdict(share, chance / 2, members)
-
-
-def _recovery_verdict(share: float, threshold: float, members: bool) -> Verdict:
+    share = read_keys(ctx, stage0, "keys of stage 0", ctx.params.stage0_clients, chance / 2, chance)
     counts = "membership right" if members else "membership WRONG"
     return Verdict(
-        share >= threshold and members,
-        f"{share:.2f} % recovered (need ≥ {threshold:.2f} %), {counts}",
+        share >= chance / 2 and members,
+        f"{share:.2f} % recovered (need ≥ {chance / 2:.2f} %), {counts}",
     )
 
 
@@ -393,11 +394,7 @@ def suspend_2b(ctx: Context) -> Verdict:
     )
     _resume(ctx, back)
     ctx.report.wait(p.resume_wait, f"after resuming {nodes(len(back))}")
-    members = check_membership(ctx, len(ctx.alive))
-    chance = _chance(ctx)
-    stage0 = ctx.state["stage0"]
-    share = read_keys(ctx, stage0, "keys of stage 0", p.stage0_clients, chance / 2, chance)
-    return _recovery_verdict(share, chance / 2, members)
+    return _stage0_recovery(ctx)
 
 
 def suspend_2c(ctx: Context) -> Verdict:

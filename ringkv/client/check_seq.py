@@ -162,13 +162,20 @@ def verdict_line(tally: Tally, verdicts: Counter[str]) -> str:
     )
 
 
-def seq_consistency_3(ctx: Context) -> Verdict:
-    p, s = ctx.params, ctx.scale
+def _first_writes(ctx: Context, prefix: str, count: int, label: str) -> dict[bytes, Register]:
+    """Every node up, then `count` fresh keys written once; their registers, by key."""
     fresh_start(ctx)
-    keys = [ctx.key("c3-", i) for i in range(p.seq3_keys)]
+    keys = [ctx.key(prefix, i) for i in range(count)]
     regs = {k: Register() for k in keys}
     first = write_round(ctx, regs, keys, 0)
-    ctx.report.record("PUT", first.figures(), first.line("stored"))
+    ctx.report.record(label, first.figures(), first.line("stored"))
+    return regs
+
+
+def seq_consistency_3(ctx: Context) -> Verdict:
+    p, s = ctx.params, ctx.scale
+    regs = _first_writes(ctx, "c3-", p.seq3_keys, "PUT")
+    keys = list(regs)
     reads, verdicts, mine = Tally(), Counter[str](), []
     plan = schedule(p.seq3_rounds, s.seq_step, s.seq_max_down)
     for r, change in enumerate(plan, 1):
@@ -283,11 +290,7 @@ def _account(count: Count, put: Reply | None, new: int, fig: IncrementFigures) -
 
 def seq_consistency_4(ctx: Context) -> Verdict:
     p, s = ctx.params, ctx.scale
-    fresh_start(ctx)
-    keys = [ctx.key("c4-", i) for i in range(p.seq4_keys)]
-    regs = {k: Register() for k in keys}
-    first = write_round(ctx, regs, keys, 0)
-    ctx.report.record("PUT counters", first.figures(), first.line("stored"))
+    keys = list(_first_writes(ctx, "c4-", p.seq4_keys, "PUT counters"))
     counts = {k: Count() for k in keys}  # a counter never stored reads as 0 all the same
     plan, mine = schedule(p.seq4_rounds, s.seq_step, s.seq_max_down), []
     for r, change in enumerate(plan, 1):
