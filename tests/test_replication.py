@@ -367,13 +367,20 @@ def _stamp(sim: Simulator, key: bytes) -> int:
     return entry[2]
 
 
-def test_older_replicate_never_overwrites_a_newer_copy() -> None:
-    sim = cluster(5, seed=5)
+def _kept_and_removed(sim: Simulator) -> tuple[bytes, bytes, bytes]:
+    """Write a key twice and another once then remove it: (kept, its value, removed)."""
     live, gone = b"kept", b"removed"
     values = Values(16)
     put = values.put(live)
     ops = run_ops(sim, [values.put(live), put, values.put(gone), Request(REMOVE, gone)], [0])
     assert [op.err for op in ops] == [ERR_OK] * 4
+    assert put.value is not None
+    return live, put.value, gone
+
+
+def test_older_replicate_never_overwrites_a_newer_copy() -> None:
+    sim = cluster(5, seed=5)
+    live, kept_value, gone = _kept_and_removed(sim)
     for key, value in ((live, None), (gone, b"back from the dead")):
         older = _stamp(sim, key) - (1 << 12)  # one microsecond earlier, same head
         chain = chain_of(sim, key)
@@ -381,7 +388,7 @@ def test_older_replicate_never_overwrites_a_newer_copy() -> None:
         for member in chain[1:]:
             sim.inject(peer.encode_replicate(write), node_addr(chain[0]), node_addr(member))
     sim.run_for(2.0)
-    _assert_state(sim, live, put.value)
+    _assert_state(sim, live, kept_value)
     _assert_state(sim, gone, None)
 
 
@@ -414,11 +421,7 @@ class Rewind:
 
 def test_older_transferred_copy_never_overwrites_a_newer_one() -> None:
     sim = cluster(5, seed=9)
-    live, gone = b"kept", b"removed"
-    values = Values(16)
-    put = values.put(live)
-    ops = run_ops(sim, [values.put(live), put, values.put(gone), Request(REMOVE, gone)], [0])
-    assert [op.err for op in ops] == [ERR_OK] * 4
+    live, kept_value, gone = _kept_and_removed(sim)
     rewind = Rewind(sim, {live: _stamp(sim, live), gone: _stamp(sim, gone)})
     sim.interceptors.append(rewind)
     member = chain_of(sim, live)[1]
@@ -428,7 +431,7 @@ def test_older_transferred_copy_never_overwrites_a_newer_one() -> None:
     settle(sim)
     sim.interceptors.remove(rewind)
     assert rewind.rewritten > 0, "no transfer carried the keys"
-    _assert_state(sim, live, put.value)
+    _assert_state(sim, live, kept_value)
     _assert_state(sim, gone, None)
 
 
