@@ -133,3 +133,14 @@ def test_group_index_follows_every_change() -> None:
 def test_a_store_without_an_index_says_so() -> None:
     with pytest.raises(TypeError):
         Storage(1 << 20).groups()
+
+
+def test_a_group_the_caller_knows_is_not_computed_again() -> None:
+    def never(key: bytes) -> int:
+        raise AssertionError("the index hashed a key whose group it was given")
+
+    store = Storage(1 << 20, group=never)
+    store.apply(b"a", b"v", 1, 5, 0.0, group=7)
+    store.apply(b"b", None, 0, 6, 0.0, group=7)  # a tombstone of a key never seen
+    assert store.groups() == {7}
+    assert sorted(k for k, _ in store.entries_in({7})) == [b"a", b"b"]

@@ -240,7 +240,7 @@ class Replication:
         # answer until earlier writes to the key, still on their way, are there.
         err = Err.OK if value is not None or self.storage.get(key) is not None else Err.NO_KEY
         stamp = self._next_stamp(key, now)
-        self.storage.apply(key, value, request.version, stamp, now)
+        self.storage.apply(key, value, request.version, stamp, now, slot)
         self.replies.put(message_id, err, now, slot)
         self.stats.writes_led += 1
         write = Write(message_id, client, err, key, value, request.version, stamp, (self.index,))
@@ -261,10 +261,10 @@ class Replication:
 
     def on_replicate(self, data: bytes, now: float) -> list[Send]:
         write = peer.decode_replicate(data)
-        if not self.storage.apply(write.key, write.value, write.version, write.stamp, now):
+        slot = self.ring.slot_of(key_position(write.key))
+        if not self.storage.apply(write.key, write.value, write.version, write.stamp, now, slot):
             if self.storage.stamp_of(write.key) < write.stamp:
                 self.stats.refused_copies += 1  # over budget here: the chain goes on
-        slot = self.ring.slot_of(key_position(write.key))
         self.replies.put(write.message_id, write.err, now, slot)
         self.stats.replicated += 1
         if self.index not in write.path:

@@ -61,7 +61,9 @@ class Storage:
         delta = self._delta(key, value)
         return delta <= 0 or self.used + delta <= self.budget
 
-    def put(self, key: bytes, value: bytes, version: int, stamp: int = 0) -> bool:
+    def put(
+        self, key: bytes, value: bytes, version: int, stamp: int = 0, group: int | None = None
+    ) -> bool:
         """Store the entry; False (and nothing stored) if it would exceed the budget."""
         delta = self._delta(key, value)
         if delta > 0 and self.used + delta > self.budget:
@@ -70,12 +72,14 @@ class Storage:
         if old is None or old[0] is None:
             self.live += 1
         if old is None:
-            self._index(key)
+            self._index(key, group)
         self._data[key] = (value, version, stamp)
         self.used += delta
         return True
 
-    def remove(self, key: bytes, stamp: int = 0, now: float = 0.0) -> bool:
+    def remove(
+        self, key: bytes, stamp: int = 0, now: float = 0.0, group: int | None = None
+    ) -> bool:
         """Remove a key; True if it had a value. A stamped remove leaves a tombstone."""
         old = self._data.get(key)
         existed = old is not None and old[0] is not None
@@ -86,7 +90,7 @@ class Storage:
             self.live -= 1
         if stamp:
             if old is None:
-                self._index(key)
+                self._index(key, group)
             self._data[key] = (None, 0, stamp)
             self.used += len(key) + ENTRY_OVERHEAD
             self._tombstones.append((now, key, stamp))
@@ -94,15 +98,21 @@ class Storage:
             self._unindex(key)
         return existed
 
-    def apply(self, key: bytes, value: bytes | None, version: int, stamp: int, now: float) -> bool:
-        """Take a replicated or transferred copy if it is newer than ours."""
+    def apply(
+        self, key: bytes, value: bytes | None, version: int, stamp: int, now: float,
+        group: int | None = None,
+    ) -> bool:  # fmt: skip
+        """Take a replicated or transferred copy if it is newer than ours.
+
+        `group`, when the caller knows it, spares the index hashing the key again.
+        """
         old = self._data.get(key)
         if old is not None and old[2] >= stamp:
             return False
         if value is None:
-            self.remove(key, stamp, now)
+            self.remove(key, stamp, now, group)
             return True
-        return self.put(key, value, version, stamp)
+        return self.put(key, value, version, stamp, group)
 
     def collect_tombstones(self, now: float, ttl: float = TOMBSTONE_TTL) -> None:
         queue = self._tombstones
@@ -138,9 +148,11 @@ class Storage:
         data, index = self._data, self._groups
         return [(key, data[key]) for group in groups for key in index.get(group, ())]
 
-    def _index(self, key: bytes) -> None:
+    def _index(self, key: bytes, group: int | None) -> None:
         if self._group is not None:
-            self._groups.setdefault(self._group(key), set()).add(key)
+            if group is None:
+                group = self._group(key)
+            self._groups.setdefault(group, set()).add(key)
 
     def _unindex(self, key: bytes) -> None:
         if self._group is not None:
