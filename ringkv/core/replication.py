@@ -129,10 +129,9 @@ class Replication:
         self._last_stamp = 0
         self._request_ids = itertools.count(1)
         self._transfers: dict[int, _Transfer] = {}  # in flight, by request id
-        # Slots waiting for a free place, by (source, gating, confirm): a slot asked
+        # Slots waiting for a free place, by (source, gating, confirm, since): a slot asked
         # for again while it waits is not asked for twice.
-        self._queue: dict[tuple[int, bool, bool], set[int]] = {}
-        self._queue_since: dict[tuple[int, bool, bool], int] = {}  # oldest stamp wanted
+        self._queue: dict[tuple[int, bool, bool, int], set[int]] = {}
         self._unsynced: dict[int, set[int]] = {}  # slot -> sources still to answer
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
@@ -436,22 +435,18 @@ class Replication:
     def _enqueue(
         self, source: int, slots: list[int], gating: bool, confirm: bool = False, since: int = 0
     ) -> None:
-        key = (source, gating, confirm)
-        self._queue.setdefault(key, set()).update(slots)
-        self._queue_since[key] = min(self._queue_since.get(key, since), since)
+        self._queue.setdefault((source, gating, confirm, since), set()).update(slots)
 
     def _pump(self, now: float) -> list[Send]:
         """Send queued transfer requests while fewer than MAX_TRANSFERS are in flight."""
         sends: list[Send] = []
         while self._queue and len(self._transfers) < MAX_TRANSFERS:
             key, waiting = next(iter(self._queue.items()))
-            source, gating, confirm = key
+            source, gating, confirm, since = key
             chunk = sorted(waiting)[:SYNC_CHUNK]
             waiting.difference_update(chunk)
-            since = self._queue_since.get(key, 0)
             if not waiting:
                 del self._queue[key]
-                self._queue_since.pop(key, None)
             transfer = _Transfer(source, chunk, gating, 0.0, confirm, since)
             if transfer.source not in self.alive:
                 if transfer.gating:
