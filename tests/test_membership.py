@@ -25,6 +25,7 @@ from ringkv.wire.gossip import (
     DEAD,
     PING,
     PING_REQ,
+    RUMOR,
     SUSPECT,
     SYNC,
     Entry,
@@ -235,6 +236,18 @@ def test_suspected_node_refutes_with_higher_incarnation() -> None:
     assert Entry(1, ALIVE, 1, 1) in reply.entries[1:]  # the refutation is gossiped
 
 
+def test_news_is_pushed_at_once_and_only_once() -> None:
+    member = Membership(0, 10)
+    suspicion = Entry(2, SUSPECT, 0, 1)
+    news = encode(GossipMsg(PING, 1, 0, 7, 0, (suspicion,)))
+    out = [(decode(d), dest) for d, dest in member.on_message(news, 0.01)]
+    rumors = [(m, dest) for m, dest in out if m.kind == RUMOR]
+    assert len(rumors) == member.config.push_fanout
+    assert all(m.entries == (suspicion,) and dest not in (0, 2) for m, dest in rumors)
+    again = [decode(d) for d, _ in member.on_message(news, 0.02)]
+    assert not any(m.kind == RUMOR for m in again)  # old news is only piggy-backed
+
+
 def test_late_tick_gives_no_verdict_on_the_probe_in_flight() -> None:
     member = Membership(0, 5)
     t = 0.0
@@ -338,6 +351,26 @@ def test_stopped_node_is_suspect_then_dead_everywhere() -> None:
         seen_suspect |= any(net.nodes[i].state_of(5) == "suspect" for i in net.live())
         net.run(TICK)
     assert seen_suspect
+
+
+def test_a_suspicion_reaches_every_node_in_a_fraction_of_a_probe_period() -> None:
+    """Replication repairs chains once a suspicion is known: it must not wait for gossip.
+
+    Piggy-backing alone takes ~0.8 s at 40 nodes (median of these seeds);
+    pushing news on at once, ~0.06 s.
+    """
+    spreads = []
+    for seed in range(5):
+        net = Net(40, seed=seed)
+        net.run(3.0)
+        net.stop(6)
+        while all(6 in net.nodes[i].healthy() for i in net.live()):
+            net.run(0.005)
+        first = net.now
+        while any(6 in net.nodes[i].healthy() for i in net.live()):
+            net.run(0.005)
+        spreads.append(net.now - first)
+    assert statistics.median(spreads) < 0.25, spreads
 
 
 def test_suspend_24_of_40_four_at_a_time_then_resume_3() -> None:

@@ -22,6 +22,12 @@ Protocol (SWIM, Das et al. 2002; Lifeguard, Dadgar et al. 2018):
   alive < suspect < dead, so a dead node comes back only with a higher
   incarnation. A datagram is itself evidence that its sender is alive at the
   incarnation in its header.
+- A node that learns of a change of state (a suspicion, a death, a
+  refutation, a return) also pushes it at once to `push_fanout` random
+  members (RUMOR), which push it on in turn when it is news to them: the
+  change reaches everyone in a few network hops instead of several probe
+  periods, so chains are repaired before the next failure can strike them.
+  Piggy-backing still carries it to any node the pushes missed.
 - Before declaring a suspect dead, a node PINGs it one last time: a
   refutation that gossip failed to bring arrives in the ACK's header.
 - Dead nodes are still pinged now and then, so a node that returns is seen
@@ -58,6 +64,7 @@ from ringkv.wire.gossip import (
     NACK,
     PING,
     PING_REQ,
+    RUMOR,
     STATE_NAMES,
     SUSPECT,
     SYNC,
@@ -93,6 +100,10 @@ class MembershipConfig:
         it PINGs the suspect once more (2 ack time-outs) before declaring it.
     retransmit_mult 4: each update is piggy-backed 4 * ceil(log10(n + 1))
         times (8 at 40 nodes), memberlist's default; reaches all with margin.
+    push_fanout 3: members each node pushes a change of state to when it
+        first learns it: a change costs ~3n datagrams once, and all but ~5 %
+        of nodes have it within ~4 hops (milliseconds) instead of ~1 s of
+        piggy-backing. Idle clusters have no changes, so no cost.
     max_piggyback 10: updates per datagram (9 bytes each) beyond the receiver's
         own entry; bursts (a resync) drain in a few periods.
     dead_probe_interval 1.0: one dead node pinged per second, so a returning
@@ -115,6 +126,7 @@ class MembershipConfig:
     suspicion_confirmations: int = 3
     retransmit_mult: int = 4
     max_piggyback: int = 10
+    push_fanout: int = 3
     dead_probe_interval: float = 1.0
     sync_interval: float = 5.0
     sync_fanout: int = 3
@@ -185,6 +197,7 @@ class Membership:
         self.last_pause = -math.inf  # `now` when a pause was last detected
         self.last_pause_gap = 0.0  # how long that pause was
         self._rumors: dict[int, _Rumor] = {}  # latest update per node, still being spread
+        self._news: dict[int, Entry] = {}  # changes of state not yet pushed (RUMOR)
         self._retransmits = cfg.retransmit_mult * max(1, math.ceil(math.log10(n_nodes + 1)))
         self._suspicions: dict[int, _Suspicion] = {}
         self._probe: _Probe | None = None
@@ -241,6 +254,7 @@ class Membership:
         for entry in msg.entries:
             self._merge(entry)
         self._handle(msg, out)
+        self._push_news(out)
         return out
 
     def on_tick(self, now: float) -> list[Send]:
@@ -250,6 +264,7 @@ class Membership:
         self._expire_suspicions(out)
         self._maybe_probe_dead(out)
         self._maybe_sync(out)
+        self._push_news(out)
         return out
 
     # ----- clock, lateness, pauses ---------------------------------------
@@ -307,7 +322,7 @@ class Membership:
         self.last_pause_gap = gap
         # Others may have declared us dead: come back at a higher incarnation.
         self._inc[self.index] += 1
-        self._rumor(self._entry(self.index))
+        self._rumor(self._entry(self.index), push=True)
         self._resync = True
         out: list[Send] = []
         self._send_sync(out, self.config.sync_fanout)
@@ -341,7 +356,7 @@ class Membership:
             self._inc[self.index] = inc + 1
             self.times_suspected += 1  # others may have routed around us meanwhile
             self._bump_health(1)  # being suspected hints that we are the slow one
-            self._rumor(self._entry(self.index))
+            self._rumor(self._entry(self.index), push=True)
 
     def _set(self, node: int, state: int, inc: int, origin: int) -> None:
         was_dead = self._state[node] == DEAD
@@ -361,7 +376,7 @@ class Membership:
             self.view_version += 1
         if (node in self._healthy) != (state == ALIVE):
             self._healthy = frozenset(i for i, s in enumerate(self._state) if s == ALIVE)
-        self._rumor(Entry(node, state, inc, origin))
+        self._rumor(Entry(node, state, inc, origin), push=True)
 
     def _confirm(self, node: int, origin: int) -> None:
         suspicion = self._suspicions.get(node)
@@ -562,8 +577,20 @@ class Membership:
         origin = self._suspicions[node].origin if state == SUSPECT else node
         return Entry(node, state, self._inc[node], origin)
 
-    def _rumor(self, entry: Entry) -> None:
+    def _rumor(self, entry: Entry, push: bool = False) -> None:
         self._rumors[entry.node] = _Rumor(entry)
+        if push:
+            self._news[entry.node] = entry
+
+    def _push_news(self, out: list[Send]) -> None:
+        """Send the changes learnt during this call to a few random members."""
+        if not self._news:
+            return
+        news = tuple(self._news.values())
+        self._news.clear()
+        for dest in self._pick(self.config.push_fanout, self.index):
+            msg = GossipMsg(RUMOR, self.index, self._inc[self.index], 0, 0, news)
+            out.append((encode(msg), dest))
 
     def _bump_health(self, delta: int) -> None:
         self.local_health = max(0, min(self.config.max_health, self.local_health + delta))

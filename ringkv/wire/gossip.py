@@ -12,6 +12,7 @@ evidence that the sender is alive). `seq` matches ACK/NACK to PING/PING_REQ;
 piggy-backed membership updates; `origin` is the node that raised a
 suspicion (Lifeguard counts independent confirmations) and is otherwise the
 node itself. SYNC and SYNC_ACK carry one entry per node: the full view.
+RUMOR carries fresh state changes only and expects no reply.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import NamedTuple
 MAGIC = 0xC9
 VERSION = 1
 
-PING, ACK, PING_REQ, NACK, SYNC, SYNC_ACK = range(1, 7)
-KINDS = frozenset((PING, ACK, PING_REQ, NACK, SYNC, SYNC_ACK))
+PING, ACK, PING_REQ, NACK, SYNC, SYNC_ACK, RUMOR = range(1, 8)
+KINDS = frozenset((PING, ACK, PING_REQ, NACK, SYNC, SYNC_ACK, RUMOR))
 
 ALIVE, SUSPECT, DEAD = 0, 1, 2  # ordered by precedence at equal incarnation
 STATE_NAMES = ("alive", "suspect", "dead")
