@@ -441,7 +441,7 @@ class Replication:
         """Send queued transfer requests while fewer than MAX_TRANSFERS are in flight."""
         sends: list[Send] = []
         while self._queue and len(self._transfers) < MAX_TRANSFERS:
-            key, waiting = next(iter(self._queue.items()))
+            key, waiting = self._next_queued()
             source, gating, confirm, since = key
             chunk = sorted(waiting)[:SYNC_CHUNK]
             waiting.difference_update(chunk)
@@ -458,6 +458,18 @@ class Replication:
             request = peer.encode_sync_request(request_id, self.index, since, transfer.slots)
             sends.append((request, self.servers[transfer.source]))
         return sends
+
+    def _next_queued(self) -> tuple[tuple[int, bool, bool, int], set[int]]:
+        """The oldest queued pull of slots not yet served, else the oldest of any.
+
+        A gating pull restores a copy the chain lacks; a settling pull or a
+        handoff only double-checks copies already in place, and must not delay
+        a repair racing the next failure.
+        """
+        for item in self._queue.items():
+            if item[0][1]:
+                return item
+        return next(iter(self._queue.items()))
 
     # -- transfer: serving and receiving ------------------------------------------
 
