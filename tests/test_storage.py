@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import struct
+import sys
+import tracemalloc
+
 import pytest
 
 from ringkv.core.replies import ReplyCache
@@ -144,3 +148,119 @@ def test_a_group_the_caller_knows_is_not_computed_again() -> None:
     store.apply(b"b", None, 0, 6, 0.0, group=7)  # a tombstone of a key never seen
     assert store.groups() == {7}
     assert sorted(k for k, _ in store.entries_in({7})) == [b"a", b"b"]
+
+
+# -- the packed representation ------------------------------------------------------------
+
+INT32_MIN, INT32_MAX, UINT64_MAX = -(2**31), 2**31 - 1, 2**64 - 1
+
+
+@pytest.mark.parametrize("version", [INT32_MIN, -1, 0, 1, INT32_MAX])
+@pytest.mark.parametrize("stamp", [0, 1, 2**32, 2**63 - 1, UINT64_MAX])
+@pytest.mark.parametrize("value", [b"", b"\x00" * 12, b"v" * 10_000])
+def test_entries_round_trip_every_field_range(value: bytes, version: int, stamp: int) -> None:
+    store = Storage(1 << 20, group=lambda key: 0)
+    assert store.put(b"k", value, version, stamp)
+    expected = (value, version, stamp)
+    assert store.get(b"k") == expected and store.entry(b"k") == expected
+    assert store.stamp_of(b"k") == stamp
+    assert list(store.items()) == [(b"k", expected)]
+    assert store.entries_in({0}) == [(b"k", expected)]
+    assert len(store) == 1 and store.used == 1 + len(value) + ENTRY_OVERHEAD
+
+
+@pytest.mark.parametrize("stamp", [1, 2**63 - 1, UINT64_MAX])
+def test_a_tombstone_keeps_its_stamp_and_is_no_empty_value(stamp: int) -> None:
+    store = Storage(1 << 20)
+    store.put(b"k", b"", 7, stamp=0)
+    assert store.get(b"k") == (b"", 7, 0) and len(store) == 1  # an empty value is a value
+    assert store.remove(b"k", stamp=stamp, now=0.0)
+    assert store.get(b"k") is None and store.entry(b"k") == (None, 0, stamp)
+    assert store.stamp_of(b"k") == stamp and len(store) == 0
+    assert list(store.items()) == [(b"k", (None, 0, stamp))]
+
+
+@pytest.mark.parametrize(
+    ("version", "stamp"), [(2**31, 1), (INT32_MIN - 1, 1), (0, 2**64), (0, -1)]
+)
+def test_a_field_out_of_its_wire_range_is_refused_and_changes_nothing(
+    version: int, stamp: int
+) -> None:
+    store = Storage(1 << 20)
+    store.put(b"k", b"old", 1, stamp=0)
+    used = store.used
+    with pytest.raises(struct.error):
+        store.put(b"k", b"new", version, stamp)
+    with pytest.raises(struct.error):
+        store.put(b"other", b"new", version, stamp)
+    assert store.get(b"k") == (b"old", 1, 0) and store.get(b"other") is None
+    assert store.used == used and len(store) == 1
+
+
+def test_a_tombstone_written_again_waits_for_its_own_ttl() -> None:
+    store = Storage(budget_bytes=1 << 20)
+    store.remove(b"k", stamp=2, now=0.0)
+    store.apply(b"k", b"v", 0, stamp=3, now=50.0)
+    store.remove(b"k", stamp=4, now=50.0)
+    store.collect_tombstones(now=60.0, ttl=60.0)  # the first tombstone's time: not this one
+    assert store.entry(b"k") == (None, 0, 4)
+    store.collect_tombstones(now=110.0, ttl=60.0)
+    assert store.entry(b"k") is None and store.used == 0
+
+
+def test_entry_overhead_covers_what_the_interpreter_spends() -> None:
+    """The budget must not undercount: every byte an entry adds is accounted."""
+    keys = [i.to_bytes(4, "big") for i in range(20_000)]
+    store = Storage(1 << 30)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, key in enumerate(keys):  # fresh values and stamps, as off the wire
+            store.put(key, bytes(100), 1, stamp=2**62 + i)
+        spent = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    key_objects = sum(map(sys.getsizeof, keys))  # made before, kept by the store
+    assert spent + key_objects <= store.used
+
+
+# -- the reply cache's representation -----------------------------------------------------
+
+
+def test_reply_cache_entry_costs_a_dict_slot_only() -> None:
+    """No int or list slot per entry beside the message ID (which the caller made)."""
+    n = 20_000
+    ids = [i.to_bytes(16, "big") for i in range(n)]
+    cache = ReplyCache()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i, message_id in enumerate(ids):
+            cache.put(message_id, i % 3, now=i / 1000, slot=300 + i % 7)
+        spent = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert spent / n < 48  # a dict slot at two-thirds load; an int alone would add 28
+
+
+def test_reply_cache_outcomes_keep_error_and_slot_past_sharing_limit() -> None:
+    cache = ReplyCache()
+    for slot in range(10_000):  # more distinct outcomes than are shared at once
+        cache.put(slot.to_bytes(4, "big"), slot % 3, now=0.0, slot=slot)
+    assert cache.get((9_999).to_bytes(4, "big")) == 9_999 % 3
+    found = cache.outcomes_in({0, 4_095, 4_096, 9_999})
+    assert sorted(found) == [(s.to_bytes(4, "big"), s % 3, s) for s in (0, 4_095, 4_096, 9_999)]
+
+
+def test_reply_cache_expires_in_put_order_and_ignores_repeats() -> None:
+    cache = ReplyCache(retention=5.0)
+    cache.put(b"a", 0, now=0.0)
+    cache.put(b"a", 1, now=3.0)  # a repeat: neither kept nor counted in a later bucket
+    cache.put(b"b", 1, now=3.0)
+    cache.put(b"c", 2, now=1.0)  # a clock step back: waits behind b, never goes early
+    cache.expire(5.0)
+    assert (cache.get(b"a"), cache.get(b"b"), cache.get(b"c")) == (None, 1, 2)
+    cache.expire(8.0)
+    assert len(cache) == 0
+    cache.put(b"d", 0, now=9.0)  # usable again once drained
+    assert cache.get(b"d") == 0 and len(cache) == 1

@@ -6,30 +6,36 @@ only, so the error code is all that is kept: the reply is rebuilt on a hit.
 Beside it, the ring slot of the write's key, so that a node taking over a
 slot receives the slot's recent outcomes with its keys.
 
-Expiry is bucketed by whole seconds: each second's IDs sit in one list and
-go together, so an entry costs a dict slot and a list slot, nothing more.
-The total is also capped: past `max_entries` the oldest bucket goes early,
-which bounds memory under any load.
+An entry costs the message ID and its dict slot, nothing more. Error code
+and slot are packed into one int, and equal ints are shared (a fresh int
+per entry would cost 32 B). Expiry is bucketed by whole seconds: a bucket
+is only a count, because the dict keeps insertion order, so a bucket's IDs
+are the first `count` keys of the dict when it is the oldest. The total is
+also capped: past `max_entries` the oldest bucket goes early, which bounds
+memory under any load.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import islice
 
 DEFAULT_RETENTION = 10.0  # seconds; the protocol asks for at least 5
 DEFAULT_MAX_ENTRIES = 1_000_000  # ~100 MB at worst; 100k writes/s for 10 s
+_SHARED_MAX = 4096  # distinct outcomes shared at once; a node writes to a few hundred slots
 
 
 class ReplyCache:
-    __slots__ = ("_buckets", "_outcomes", "max_entries", "retention")
+    __slots__ = ("_buckets", "_outcomes", "_shared", "max_entries", "retention")
 
     def __init__(
         self, retention: float = DEFAULT_RETENTION, max_entries: int = DEFAULT_MAX_ENTRIES
     ) -> None:
-        self._outcomes: dict[bytes, int] = {}
-        # (second the bucket's entries expire, their IDs), oldest first
-        self._buckets: deque[tuple[int, list[bytes]]] = deque()
+        self._outcomes: dict[bytes, int] = {}  # in the order of the buckets
+        # [second the bucket's entries expire, how many], oldest first
+        self._buckets: deque[list[int]] = deque()
+        self._shared: dict[int, int] = {}  # packed outcome -> the one int object for it
         self.retention = retention
         self.max_entries = max_entries
 
@@ -44,13 +50,13 @@ class ReplyCache:
         outcomes = self._outcomes
         if message_id in outcomes:
             return
-        outcomes[message_id] = err | (slot + 1) << 8  # one int: error code and slot
+        outcomes[message_id] = self._share(err | (slot + 1) << 8)  # error code and slot
         expires = math.ceil(now + self.retention)
         buckets = self._buckets
         if buckets and buckets[-1][0] == expires:
-            buckets[-1][1].append(message_id)
+            buckets[-1][1] += 1
         else:
-            buckets.append((expires, [message_id]))
+            buckets.append([expires, 1])
         while len(outcomes) > self.max_entries and len(buckets) > 1:
             self._drop_oldest()
 
@@ -69,7 +75,15 @@ class ReplyCache:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
-        _, ids = self._buckets.popleft()
-        pop = self._outcomes.pop
-        for message_id in ids:
-            pop(message_id, None)
+        _, count = self._buckets.popleft()
+        outcomes = self._outcomes
+        for message_id in list(islice(outcomes, count)):  # the oldest `count` IDs
+            del outcomes[message_id]
+        if not outcomes:
+            self._outcomes = {}  # a dict does not shrink on deletes: let its table go
+
+    def _share(self, packed: int) -> int:
+        shared = self._shared
+        if len(shared) >= _SHARED_MAX:
+            shared.clear()  # sharing starts over; kept entries keep their ints
+        return shared.setdefault(packed, packed)
