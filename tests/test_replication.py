@@ -526,3 +526,77 @@ def test_a_transfer_still_receiving_batches_is_not_asked_for_again() -> None:
     node.on_sync_data(batch, 1.9)  # progress just before SYNC_RETRY runs out
     node.on_tick(2.5)
     assert request_id in node._transfers  # still waiting for the rest, not asked again
+
+
+def _requested(sends: list[tuple[bytes, Addr]], servers: Sequence[Addr]) -> dict[int, set[int]]:
+    """Slots asked for in SYNC_REQUESTs, by source index."""
+    asked: dict[int, set[int]] = {}
+    for data, addr in sends:
+        if peer.kind_of(data) == peer.SYNC_REQUEST:
+            asked.setdefault(servers.index(addr), set()).update(peer.decode_sync_request(data)[3])
+    return asked
+
+
+def test_a_heads_hint_pulls_a_joined_slot_from_every_member_at_once() -> None:
+    """The hint skips JOIN_DELAY: the head counts us already and a copy is missing."""
+    node = _lone_replication(0, nodes=6)
+    everyone = frozenset(range(6))
+    node.on_view(everyone, 0.0)
+    node._unsynced.clear()
+    node._deferred.clear()
+    alive = everyone - {5}
+    node.on_view(alive, 1.0)  # node 5 left: node 0 joins chains, pulls them JOIN_DELAY later
+    slot, chain = next(
+        (s, c) for s in node._deferred if (c := node.ring.chain_at(s, alive, 3))[0] != 0
+    )
+    head = chain[0]
+    hint = peer.encode_slots(peer.HANDOFF, head, [slot])
+    sends = node.on_handoff(hint, 1.01)
+    asked = _requested(sends, node.servers)
+    assert {m for m, slots in asked.items() if slot in slots} == set(chain) - {0}
+    assert slot in node._unsynced and slot not in node._deferred  # a gating pull, under way
+
+
+def test_a_hint_from_a_non_member_is_pulled_and_confirmed_as_before() -> None:
+    node = _lone_replication(0, nodes=6)
+    node.on_view(frozenset(range(6)), 0.0)
+    node._unsynced.clear()
+    node._deferred.clear()
+    slot = next(iter(node._my_slots))
+    outsider = next(i for i in range(6) if i not in node.ring.chain_at(slot, node.alive, 3))
+    sends = node.on_handoff(peer.encode_slots(peer.HANDOFF, outsider, [slot]), 1.0)
+    assert _requested(sends, node.servers) == {outsider: {slot}}
+    assert any(key[2] for key in node._queue) or any(t.confirm for t in node._transfers.values())
+
+
+def test_transfers_from_a_node_that_left_the_view_free_their_place_at_once() -> None:
+    node = _lone_replication(0, nodes=6)
+    everyone = frozenset(range(6))
+    node.on_view(everyone, 0.0)
+    node._unsynced.clear()
+    node._deferred.clear()
+    slots = sorted(node._my_slots)
+    gone = next(m for m in node.ring.chain_at(slots[0], everyone, 3) if m != 0)
+    others = [i for i in range(1, 6) if i != gone]
+    node._enqueue(gone, slots[:1], True)
+    node._enqueue(others[0], slots[:1], True)
+    node._enqueue(others[1], slots[:1], True)  # waits: MAX_TRANSFERS in flight
+    node._pump(0.0)
+    assert {t.source for t in node._transfers.values()} == {gone, others[0]}
+    sends = node.on_view(everyone - {gone}, 0.2)  # well before SYNC_RETRY
+    assert others[1] in _requested(sends, node.servers)
+    assert gone not in {t.source for t in node._transfers.values()}
+
+
+def test_a_pull_restoring_a_copy_goes_before_queued_settling_pulls() -> None:
+    node = _lone_replication(0, nodes=6)
+    node.on_view(frozenset(range(6)), 0.0)
+    node._unsynced.clear()
+    node._deferred.clear()
+    slot = next(iter(node._my_slots))
+    for source in (1, 2):
+        node._enqueue(source, [slot], False, since=5)  # settling pulls, queued first
+    node._enqueue(3, [slot], False, confirm=True)  # a hint or a handoff
+    node._enqueue(4, [slot], True)  # a gating pull
+    sends = node._pump(1.0)
+    assert set(_requested(sends, node.servers)) == {3, 4}

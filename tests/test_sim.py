@@ -309,6 +309,11 @@ STALE_READ_SEEDS = {
     # member that answered last, not from the successor that had the writes, and
     # then decided a REMOVE from a store that lacked the key: it pulls from all now.
     1648: 16,
+    # A node stopped for less than a second executed, as head, a client's write
+    # queued for it meanwhile, after the retry had run elsewhere and a REMOVE had
+    # followed: it read its data before its gossip, so it did not yet know that it
+    # had been suspected and routed around. Queued gossip is now read first.
+    1088: 17,
 }
 
 

@@ -62,7 +62,10 @@ SYNC_RETRY = 1.0  # a transfer without a batch for this long is asked for again
 SYNC_CHUNK = 128  # slots per transfer request (~1.5 MB at 40,000 keys of 500 B on 40 nodes)
 MAX_TRANSFERS = 2  # requests in flight per node; the rest wait their turn, so a
 # cluster-wide re-pull cannot flood receive buffers into a retry storm
-SETTLE = 2.0  # seconds after the last view change before the settling pull
+# Seconds after the last view change before the settling pull: longer than
+# the 2 s between batches of failures, so that it runs once they are over
+# rather than beside the repair of each.
+SETTLE = 3.0
 JOIN_DELAY = 0.5  # seconds from joining a chain to pulling it: views agree by then
 HANDOFF_RETRY = 2.0  # seconds between hints to members that have not confirmed
 LINGER = 10.0  # seconds a live node pushed out of a chain still gets its writes
@@ -100,6 +103,7 @@ class ReplicationStats:
     replicated: int = 0
     refused_copies: int = 0
     transfers_done: int = 0
+    transfers_retried: int = 0  # no batch for SYNC_RETRY: lost datagrams or a slow source
     keys_received: int = 0
 
 
@@ -338,7 +342,23 @@ class Replication:
             if slot not in self._my_slots:
                 del self._unsynced[slot]
         self._mark_unsynced(gained, now)
-        return self._hint_new_members(changed, old_alive)
+        sends = self._hint_new_members(changed, old_alive)
+        return sends + self._drop_transfers_from_departed(now)
+
+    def _drop_transfers_from_departed(self, now: float) -> list[Send]:
+        """Free the places of transfers from nodes that left the view.
+
+        Their batches will not come; waiting SYNC_RETRY for them would hold up
+        the pulls queued behind, while the next failure may strike.
+        """
+        departed = [rid for rid, t in self._transfers.items() if t.source not in self.alive]
+        if not departed:
+            return []
+        for request_id in departed:
+            transfer = self._transfers.pop(request_id)
+            if transfer.gating:
+                self._give_up_on(transfer)
+        return self._pump(now)
 
     def _hint_new_members(self, changed: set[int], old_alive: frozenset[int]) -> list[Send]:
         """As head of a changed chain, ask its new members to pull from us at once.
@@ -460,14 +480,16 @@ class Replication:
         return sends
 
     def _next_queued(self) -> tuple[tuple[int, bool, bool, int], set[int]]:
-        """The oldest queued pull of slots not yet served, else the oldest of any.
+        """The oldest queued pull that may restore a missing copy, else the oldest settling pull.
 
-        A gating pull restores a copy the chain lacks; a settling pull or a
-        handoff only double-checks copies already in place, and must not delay
-        a repair racing the next failure.
+        Pulls of slots not yet served and pulls asked for by a head's hint or a
+        handoff may bring copies the chain lacks; a settling pull only
+        double-checks copies already in place, and must not delay a repair
+        racing the next failure.
         """
         for item in self._queue.items():
-            if item[0][1]:
+            _, gating, confirm, _ = item[0]
+            if gating or confirm:
                 return item
         return next(iter(self._queue.items()))
 
@@ -578,6 +600,7 @@ class Replication:
             if now - transfer.sent_at < SYNC_RETRY:
                 continue
             del self._transfers[request_id]
+            self.stats.transfers_retried += 1
             if transfer.source in self.alive:
                 self._enqueue(
                     transfer.source, transfer.slots, transfer.gating, transfer.confirm,
@@ -628,12 +651,23 @@ class Replication:
         ]
 
     def on_handoff(self, data: bytes, now: float) -> list[Send]:
-        """A node holds keys of slots we are a member of: pull them, then confirm."""
+        """A node holds keys of slots we are a member of: pull them, then confirm.
+
+        From a member of the chain (a head's hint), slots we are still waiting
+        to pull are pulled from every member at once, without waiting out
+        JOIN_DELAY: the head counts us already, and a copy is missing.
+        """
         source, slots = peer.decode_slots(data)
         if not 0 <= source < len(self.servers) or source == self.index:
             return []
-        self._enqueue(source, slots, False, confirm=True)
-        return self._pump(now)
+        chain_at, alive, r = self.ring.chain_at, self.alive, self.replicas
+        now_due = {s for s in slots if s in self._deferred and source in chain_at(s, alive, r)}
+        for slot in now_due:
+            self._deferred[slot] = now
+        rest = [s for s in slots if s not in now_due]
+        if rest:
+            self._enqueue(source, rest, False, confirm=True)
+        return self._pull_deferred(now) if now_due else self._pump(now)
 
     def on_sync_confirm(self, data: bytes) -> None:
         """A member has our keys of these slots: once all members do, drop them."""

@@ -384,7 +384,7 @@ class Simulator:
         self.monitor.fault(f"pause {index}")
 
     def resume(self, index: int) -> None:
-        """SIGCONT: one late tick, then every datagram that queued up meanwhile."""
+        """SIGCONT: one late tick, then the queued gossip, then the queued data datagrams."""
         slot = self._need(index, PAUSED)
         slot.state = UP
         slot.gen += 1
@@ -392,6 +392,10 @@ class Simulator:
         assert node is not None
         self._emit_outbox(slot, node.on_tick(self.now))
         inbox, slot.inbox, slot.inbox_bytes = slot.inbox, [], [0, 0]
+        # The runtime reads queued gossip first: what others decided while this
+        # node was stopped (that it is suspected, say) must be known before it
+        # acts on requests queued meanwhile.
+        inbox.sort(key=lambda queued: not queued[0])
         for to_gossip, data, src, arrived in inbox:
             if slot.state is not UP:
                 break  # a queued SHUTDOWN ended it
