@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ringkv.core.node import Node
-from ringkv.core.replication import LOOKBACK, Replication
+from ringkv.core.replication import LOOKBACK, Replication, _Transfer
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
@@ -600,3 +600,19 @@ def test_a_pull_restoring_a_copy_goes_before_queued_settling_pulls() -> None:
     node._enqueue(4, [slot], True)  # a gating pull
     sends = node._pump(1.0)
     assert set(_requested(sends, node.servers)) == {3, 4}
+
+
+@pytest.mark.parametrize("end", ["source died", "batches all came"])
+def test_a_slot_marked_again_stays_unsynced_when_an_older_pull_ends(end: str) -> None:
+    """Seed 1396: a slot left and rejoined counted as pulled when the old round's pull ended."""
+    node = _lone_replication(0, nodes=6)
+    node.on_view(frozenset(range(6)), 0.0)
+    slot = next(iter(node._my_slots))
+    source = next(m for m in node.ring.chain_at(slot, node.alive, 3) if m != 0)
+    old_pull = _Transfer(source, [slot], gating=True, sent_at=0.0)
+    node._unsynced[slot] = set()  # marked again: not pulled yet this round
+    if end == "source died":
+        node._give_up_on(old_pull)
+    else:
+        node._finish_transfer(old_pull, 1.0)
+    assert slot in node._unsynced

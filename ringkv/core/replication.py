@@ -556,6 +556,8 @@ class Replication:
                 # The source may still route writes around us: ask again later.
                 self._deferred.setdefault(slot, now + JOIN_DELAY)
                 continue
+            if transfer.source not in waiting:
+                continue  # a pull from before the slot was marked again: not this round's
             waiting.discard(transfer.source)
             if waiting:
                 continue
@@ -611,10 +613,14 @@ class Replication:
         return self._pump(now)
 
     def _give_up_on(self, transfer: _Transfer) -> None:
-        """The source died: the slot is as complete as the remaining members make it."""
+        """The source died: the slot is as complete as the remaining members make it.
+
+        Only a pull of the current round counts: a slot marked unsynced again
+        since (an empty waiting set: not pulled yet) stays unsynced.
+        """
         for slot in transfer.slots:
             waiting = self._unsynced.get(slot)
-            if waiting is not None:
+            if waiting is not None and transfer.source in waiting:
                 waiting.discard(transfer.source)
                 if not waiting:
                     del self._unsynced[slot]
