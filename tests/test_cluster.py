@@ -145,9 +145,10 @@ def test_40_nodes_suspend_24_in_batches(cluster40: LocalCluster) -> None:
     print(f"\nsuspend 24: recovered {recovered:.2%} {counts}")
     assert counts["wrong"] == 0
     # Without re-replication about 78 % would survive (1 - 0.6**3); the ideal with
-    # transfers finishing between batches is 99.2 %. The margin is for a busy CI
-    # machine (96.6 % seen there); the target figure is measured by `ringkv check`.
-    assert recovered >= 0.95
+    # transfers finishing between batches is 99.2 %; 98.8 and 99.8 % measured on
+    # their own. The issue asks 97 %; the target figure (99 %, 40,000 keys) is
+    # measured by `ringkv check`.
+    assert recovered >= 0.97
 
     for node in suspended[:3]:
         cluster40.resume(node)
