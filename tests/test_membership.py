@@ -11,6 +11,7 @@ Everything is seeded, so a failure replays exactly.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 import statistics
 
@@ -18,7 +19,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringkv.core.membership import Membership
+from ringkv.core.membership import Membership, MembershipConfig
+from ringkv.runtime.server import tick_after
 from ringkv.wire.gossip import (
     ACK,
     ALIVE,
@@ -199,6 +201,16 @@ def test_malformed_datagrams_are_rejected() -> None:
     assert member.on_message(encode(GossipMsg(PING, 0, 0, 5)), 1.0) == []
 
 
+def test_single_entry_datagrams_are_checked_like_any_other() -> None:
+    one = encode(GossipMsg(ACK, 1, 2, 3, 0, (Entry(0, SUSPECT, 5, 1),)))
+    assert decode(one) == GossipMsg(ACK, 1, 2, 3, 0, (Entry(0, SUSPECT, 5, 1),))
+    # 26 bytes, as if one entry, but the header counts two: the length is wrong.
+    two_claimed = one[:15] + (2).to_bytes(2, "big") + one[17:]
+    for bad in (two_claimed, one[:2] + b"\x63" + one[3:], one[:19] + b"\x07" + one[20:]):
+        with pytest.raises(GossipDecodeError):
+            decode(bad)
+
+
 # ----- single node, no network ---------------------------------------------
 
 
@@ -298,6 +310,108 @@ def test_pause_is_detected_announced_and_resynchronised() -> None:
     assert len(syncs) >= member.config.sync_fanout
     assert all(m.incarnation == 1 and len(m.entries) == 5 for m in syncs)
     assert member.alive_count() == 5
+
+
+def _first_probe(member: Membership) -> tuple[float, GossipMsg, int]:
+    t = 0.0
+    while True:
+        t += TICK
+        pings = [(decode(d), dest) for d, dest in member.on_tick(t)]
+        if pings:
+            return t, *pings[0]
+
+
+def test_next_due_is_the_probes_next_deadline() -> None:
+    member = Membership(0, 5)
+    assert member.next_due() == -math.inf  # not started: tick at once
+    t, probe, target = _first_probe(member)
+    cfg = member.config
+    assert member.next_due() == pytest.approx(t + cfg.ack_timeout)  # PING_REQs if no ACK
+    member.on_message(encode(GossipMsg(ACK, target, 0, probe.seq)), t + 0.001)
+    assert member.next_due() == pytest.approx(t + cfg.probe_period)  # the next probe
+    # Nobody is dead: the dead-node probe timer (1 s) never brings a tick forward.
+    assert member.next_due() < t + cfg.dead_probe_interval
+
+
+def test_skipped_ticks_are_not_lateness_but_a_stop_still_is() -> None:
+    member = Membership(0, 5)
+    t, probe, target = _first_probe(member)
+    member.on_message(encode(GossipMsg(ACK, target, 0, probe.seq)), t + 0.001)
+    health = member.local_health
+    # The driver skips to one tick before the next probe; the tick after it comes on time.
+    member.skip_until(t + 0.2)
+    member.on_tick(t + 0.3)
+    assert (member.local_health, member.pauses) == (health, 0)
+    # Without skip_until the same 0.3 s gap is a late tick (clipped, +1 health).
+    member.on_tick(t + 0.6)
+    assert member.local_health == health + 1
+    # A 1.5 s stop after the skipped span is still a pause, measured from the span's end.
+    member.skip_until(t + 0.8)
+    member.on_tick(t + 2.3)
+    assert member.pauses == 1
+    assert member.last_pause_gap == pytest.approx(1.5)
+
+
+# Dyadic times and time-outs: float sums are exact, so both drivers see the same clock.
+_GRID = 0.125
+_DYADIC = MembershipConfig(ack_timeout=0.125)
+
+
+def _drive(
+    skipping: bool, seconds: float = 20.0
+) -> tuple[list[tuple[float, int, int, bytes]], int]:
+    """8 members, 5 % loss, member 5 crashes at 4 s; every datagram sent, and the tick count.
+
+    The fixed driver ticks every grid point, as the runtime did; the skipping
+    one only at grid points where next_due says something is due, as it does now.
+    """
+    n, crashed, crash_at = 8, 5, 4.0
+    rng = random.Random(7)
+    members = [Membership(i, n, _DYADIC, random.Random(i)) for i in range(n)]
+    last = [i / 64 - _GRID for i in range(n)]  # the grid: one phase per member
+    tick_at = [i / 64 for i in range(n)]
+    queue: list[tuple[float, int, int, int, bytes]] = [
+        (t, 0, i, i, b"") for i, t in enumerate(tick_at)
+    ]
+    sent: list[tuple[float, int, int, bytes]] = []
+    ticks = seq = 0
+    while queue:
+        now, is_datagram, _, i, data = heapq.heappop(queue)
+        if now > seconds:
+            break
+        if i == crashed and now >= crash_at:
+            continue
+        if is_datagram:
+            out = members[i].on_message(data, now)
+        elif now != tick_at[i]:
+            continue  # a tick moved since
+        else:
+            ticks += 1
+            out = members[i].on_tick(now)
+            last[i] = now
+        for datagram, dest in out:
+            sent.append((now, i, dest, datagram))
+            seq += 1
+            if rng.random() >= 0.05:
+                arrival = now + rng.randrange(1, 32) / 1024
+                heapq.heappush(queue, (arrival, 1, seq, dest, datagram))
+        if skipping:
+            at = tick_after(last[i], members[i].next_due(), now, _GRID)
+            members[i].skip_until(at - _GRID)
+        else:
+            at = last[i] + _GRID
+        if at != tick_at[i]:
+            tick_at[i] = at
+            heapq.heappush(queue, (at, 0, i, i, b""))
+    assert any(m.state_of(crashed) == "dead" for i, m in enumerate(members) if i != crashed)
+    return sent, ticks
+
+
+def test_skipping_idle_ticks_changes_nothing_but_the_number_of_wake_ups() -> None:
+    fixed, fixed_ticks = _drive(skipping=False)
+    skipping, skipping_ticks = _drive(skipping=True)
+    assert skipping == fixed  # every datagram, its time, sender and receiver
+    assert skipping_ticks < 0.6 * fixed_ticks
 
 
 # ----- clusters ----------------------------------------------------------------

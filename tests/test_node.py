@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -161,3 +162,34 @@ def test_request_that_waited_past_every_retry_is_dropped() -> None:
     assert node.stats.stale == 1
     assert call(node, Command.GET, b"k").errCode == Err.NO_KEY  # the stale PUT never ran
     assert node.on_datagram(data, CLIENT, 100.0, age=0.2)  # a fresh one is served
+
+
+def _two_nodes() -> Node:
+    servers = (("127.0.0.1", 43100), ("127.0.0.1", 43101))
+    return Node(NodeConfig(servers=servers, pid=4242))
+
+
+def test_idle_replication_is_not_ticked_and_ticks_wait_for_membership() -> None:
+    node = _two_nodes()
+    node.replication.next_due = lambda now: math.inf  # type: ignore[method-assign]
+    ticked: list[float] = []
+    node.replication.on_tick = lambda now: ticked.append(now) or []  # type: ignore[method-assign]
+    node.on_tick(1.0)
+    assert ticked == []
+    assert node.membership is not None
+    assert node.next_due(1.0) == node.membership.next_due() > 1.0
+    node.replication.next_due = lambda now: now  # type: ignore[method-assign]
+    node.on_tick(1.1)
+    assert ticked == [1.1] and node.next_due(1.1) == 1.1
+
+
+def test_replication_is_due_only_while_something_waits_on_a_timer() -> None:
+    node = _two_nodes()
+    replication = node.replication
+    assert replication.next_due(0.0) == 0.0  # the start-up pull is deferred
+    replication._deferred.clear()
+    replication._unsynced.clear()
+    replication._settle_at = None
+    assert replication.next_due(1.0) == math.inf
+    replication._settle_at = 5.0
+    assert replication.next_due(1.0) == 1.0

@@ -2,19 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import socket
 import time
 
+import pytest
+
 from ringkv.core.node import Outbox
-from ringkv.runtime.server import OVERDUE_TICK, NodeServer, open_udp_socket
+from ringkv.runtime.server import (
+    MAX_TICK_GAP,
+    OVERDUE_TICK,
+    TICK_INTERVAL,
+    NodeServer,
+    open_udp_socket,
+    tick_after,
+)
 
 
 class _OrderNode:
     """Records the order in which the runtime calls it."""
 
-    def __init__(self) -> None:
+    def __init__(self, due: float = -math.inf) -> None:
         self.calls: list[str] = []
         self.exit_requested = False
+        self.due = due  # what next_due answers
+        self.skipped_to = -math.inf
+
+    def next_due(self, now: float) -> float:
+        return self.due
+
+    def skip_ticks_until(self, when: float) -> None:
+        self.skipped_to = when
 
     def on_tick(self, now: float) -> Outbox:
         self.calls.append("tick")
@@ -28,12 +47,14 @@ class _OrderNode:
 def _server_with_a_queued_datagram(since_last_tick: float) -> tuple[NodeServer, _OrderNode]:
     node = _OrderNode()
     server = NodeServer(node, ("127.0.0.1", 0), gossip=False)  # type: ignore[arg-type]
+    server._loop = asyncio.new_event_loop()  # only to hold the tick timer
     server._sock = open_udp_socket(("127.0.0.1", 0))
     server._sock.setblocking(False)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.sendto(b"request", server._sock.getsockname())
     time.sleep(0.05)  # on loopback the datagram is queued by then
     server._last_tick = time.monotonic() - since_last_tick
+    server._tick_at = server._last_tick + TICK_INTERVAL
     return server, node
 
 
@@ -43,6 +64,7 @@ def test_datagrams_after_a_stop_wait_for_the_overdue_tick() -> None:
         server._drain()
     finally:
         server._sock.close()
+        server._loop.close()
     assert node.calls == ["tick", "datagram"]
 
 
@@ -52,4 +74,75 @@ def test_datagrams_between_ticks_are_handled_at_once() -> None:
         server._drain()
     finally:
         server._sock.close()
+        server._loop.close()
     assert node.calls == ["datagram"]
+
+
+def test_datagrams_after_a_stop_wait_for_the_overdue_tick_even_after_skipped_ticks() -> None:
+    # The last tick was long ago, but the ticks since were skipped, not missed.
+    server, node = _server_with_a_queued_datagram(since_last_tick=OVERDUE_TICK + 0.3)
+    server._tick_at = time.monotonic() + 0.05
+    try:
+        server._drain()
+    finally:
+        server._sock.close()
+        server._loop.close()
+    assert node.calls == ["datagram"]
+
+
+@pytest.mark.parametrize(
+    ("due", "now", "expected"),
+    [
+        (-math.inf, 10.0, 10.1),  # due at once: the next grid point
+        (10.05, 10.0, 10.1),
+        (10.25, 10.0, 10.3),  # the idle probe period: two grid points skipped
+        (10.3 + 1e-12, 10.0, 10.3),  # a deadline on a grid point, up to float error
+        (math.inf, 10.0, 10.0 + MAX_TICK_GAP),  # nothing due: still a tick now and then
+        (10.0, 10.23, 10.3),  # due at once, learnt between grid points
+    ],
+)
+def test_next_tick_is_the_first_grid_point_with_something_due(
+    due: float, now: float, expected: float
+) -> None:
+    assert tick_after(10.0, due, now) == pytest.approx(expected)
+
+
+def test_timer_follows_the_nodes_next_deadline_both_ways() -> None:
+    node = _OrderNode()
+    server = NodeServer(node, ("127.0.0.1", 0), gossip=False)  # type: ignore[arg-type]
+    server._loop = loop = asyncio.new_event_loop()
+    try:
+        last = server._last_tick = time.monotonic()
+        node.due = last + 0.1  # a probe in flight: its PING_REQ deadline
+        server._arm(last)
+        first = server._timer
+        assert server._tick_at == pytest.approx(last + 0.1)
+        node.due = last + 0.25  # the ACK came: only the next probe is due
+        server._arm(last + 0.001)
+        assert server._tick_at == pytest.approx(last + 0.3)
+        assert first is not None and first.cancelled()
+        assert node.skipped_to == pytest.approx(last + 0.2)  # membership hears of the skip
+        second = server._timer
+        server._arm(last + 0.002)  # nothing changed: the timer stays
+        assert server._timer is second
+    finally:
+        loop.close()
+
+
+def test_an_overdue_tick_is_not_postponed_by_datagrams_read_before_it() -> None:
+    node = _OrderNode()
+    server = NodeServer(node, ("127.0.0.1", 0), gossip=False)  # type: ignore[arg-type]
+    server._loop = loop = asyncio.new_event_loop()
+    try:
+        last = server._last_tick = time.monotonic()
+        node.due = last + 0.1
+        server._arm(last)
+        timer = server._timer
+        # The timer has expired, but the loop handles a datagram first; news
+        # in it is due at once. The tick stays where it is and runs next.
+        node.due = -math.inf
+        server._arm(last + 0.101)
+        assert server._timer is timer and not timer.cancelled()
+        assert server._tick_at == pytest.approx(last + 0.1)
+    finally:
+        loop.close()

@@ -46,7 +46,10 @@ was descheduled, the machine is overloaded) therefore cannot expire probes
 or suspicions whose answers may still be waiting unread in the socket. A gap
 over `pause_threshold` means this node was itself paused (SIGSTOP): it
 records that, bumps its incarnation, announces itself and resynchronises its
-view, and `last_pause` lets replication treat its data as stale.
+view, and `last_pause` lets replication treat its data as stale. A driver may
+skip ticks with nothing due (`next_due`, `skip_until`): lateness then counts
+from the last tick it skipped, so a stop is measured up to one skipped span
+short.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ from ringkv.wire.gossip import (
     GossipDecodeError,
     GossipMsg,
     decode,
-    encode,
+    pack,
 )
 
 Send = tuple[bytes, int]  # (datagram, destination node index)
@@ -112,9 +115,11 @@ class MembershipConfig:
         after a pause, with 3 at once (repeated each period until one answers),
         since the deaths gossiped while we slept are no longer being gossiped.
     max_health 8: Lifeguard's cap; time-outs grow at most 9-fold.
-    max_clock_step 0.25: the most the protocol clock moves per call; drivers
-        call on_tick every ~50 ms, so only a late tick is clipped.
-    pause_threshold 1.0: a gap this long (20 ticks missed) is a pause, not
+    max_clock_step 0.25: the most the protocol clock moves per call beyond
+        the last tick; drivers tick every 0.05-0.1 s, so only a late tick is
+        clipped. A driver that skips ticks with nothing due (skip_until) has
+        lateness counted from the last tick it skipped.
+    pause_threshold 1.0: a gap this long (10-20 ticks missed) is a pause, not
         scheduling noise.
     """
 
@@ -189,6 +194,9 @@ class Membership:
         self._alive = frozenset(range(n_nodes))
         self._healthy = self._alive
         self.view_version = 0
+        # Bumped whenever alive(), healthy(), pauses or times_suspected change,
+        # so a caller polling them after every datagram can look at one int.
+        self.changes = 0
         self.local_health = 0
         self.pauses = 0
         self.deaths = 0  # times this node marked another dead (false deaths show here)
@@ -209,6 +217,7 @@ class Membership:
         self._resync = False
         self._started = False
         self._late_noted_until = -math.inf  # one health point per period of lateness
+        self._skip_to = -math.inf  # see skip_until
         self._now = self._clock = now
         # Stagger the timers so that nodes started together do not probe in step.
         self._next_probe = now + self._rng.random() * cfg.probe_period
@@ -247,25 +256,77 @@ class Membership:
             msg = decode(data)
         except GossipDecodeError:
             return []
-        if not 0 <= msg.sender < self.n_nodes or msg.sender == self.index:
+        sender, me = msg.sender, self.index
+        if not 0 <= sender < self.n_nodes or sender == me:
             return []
         out = self._advance(now)
-        self._merge(Entry(msg.sender, ALIVE, msg.incarnation, msg.sender))
+        # The header is evidence the sender is alive at its incarnation; at an
+        # incarnation we know already it changes nothing (what _merge would find).
+        if msg.incarnation > self._inc[sender]:
+            self._set(sender, ALIVE, msg.incarnation, sender)
         for entry in msg.entries:
-            self._merge(entry)
+            # Our own entry, alive at an incarnation we have: the usual case, a no-op.
+            if entry[0] != me or entry[1] != ALIVE or entry[2] > self._inc[me]:
+                self._merge(entry)
         self._handle(msg, out)
-        self._push_news(out)
+        if self._news:
+            self._push_news(out)
         return out
 
     def on_tick(self, now: float) -> list[Send]:
         out = self._advance(now)
-        self._expire_relays(out)
+        # Guards inline, not in the callees: an idle tick makes as few calls as it can.
+        if self._relays:
+            self._expire_relays(out)
         self._step_probe(out)
-        self._expire_suspicions(out)
+        if self._suspicions:
+            self._expire_suspicions(out)
         self._maybe_probe_dead(out)
         self._maybe_sync(out)
-        self._push_news(out)
+        if self._news:
+            self._push_news(out)
         return out
+
+    def next_due(self) -> float:
+        """The `now` at which on_tick next has something to do.
+
+        A driver may skip the ticks before it (and say so with skip_until):
+        until then on_tick would only move the clock. The dead-node probe
+        timer counts only while some node is dead: until then it waits.
+        """
+        if not self._started:
+            return -math.inf
+        # Called after every datagram: comparisons, and no loops over empty dicts.
+        probe = self._probe
+        if probe is None:
+            due = self._next_probe
+        elif not probe.acked and not probe.req_sent and probe.req_at < probe.end:
+            due = probe.req_at
+        else:
+            due = probe.end
+        if self._next_sync < due:
+            due = self._next_sync
+        if len(self._alive) < self.n_nodes and self._next_dead_probe < due:
+            due = self._next_dead_probe
+        if self._relays:
+            due = min(due, *(relay[2] for relay in self._relays.values()))
+        if self._suspicions:
+            due = min(due, *map(self._suspicion_due, self._suspicions.values()))
+        return self._now + (due - self._clock)  # protocol clock -> the driver's `now`
+
+    def _suspicion_due(self, suspicion: _Suspicion) -> float:
+        last_call = suspicion.last_call
+        return self._deadline(suspicion) if last_call is None else last_call
+
+    def skip_until(self, when: float) -> None:
+        """The driver skips the ticks it would have made up to `when` (<= next_due()).
+
+        Lateness then counts from `when`, not from the last call: the skipped
+        ticks would have found nothing due, so the next call is exactly as late
+        as the first tick after `when` would have been. Valid until the next
+        call (on_tick or on_message), which may set new timers.
+        """
+        self._skip_to = when
 
     # ----- clock, lateness, pauses ---------------------------------------
 
@@ -273,15 +334,17 @@ class Membership:
         if not self._started:
             self._start(now)
         gap = now - self._now
+        skip_to, self._skip_to = self._skip_to, -math.inf
         if gap <= 0:
             return []
+        late = now - skip_to if skip_to > self._now else gap
         self._now = now
         step = self.config.max_clock_step
-        if gap <= step:
+        if late <= step:
             self._clock += gap
             return []
-        self._clock += step
-        return self._on_late(gap)
+        self._clock += gap - late + step  # the skipped span in full, then one step
+        return self._on_late(late)
 
     def _start(self, now: float) -> None:
         # The first call anchors the timers, so a driver whose clock is not the
@@ -318,6 +381,7 @@ class Membership:
 
     def _on_pause(self, gap: float) -> list[Send]:
         self.pauses += 1
+        self.changes += 1
         self.last_pause = self._now
         self.last_pause_gap = gap
         # Others may have declared us dead: come back at a higher incarnation.
@@ -355,6 +419,7 @@ class Membership:
         elif inc >= mine:
             self._inc[self.index] = inc + 1
             self.times_suspected += 1  # others may have routed around us meanwhile
+            self.changes += 1
             self._bump_health(1)  # being suspected hints that we are the slow one
             self._rumor(self._entry(self.index), push=True)
 
@@ -374,8 +439,10 @@ class Membership:
         if was_dead != (state == DEAD):
             self._alive = frozenset(i for i, s in enumerate(self._state) if s != DEAD)
             self.view_version += 1
+            self.changes += 1
         if (node in self._healthy) != (state == ALIVE):
             self._healthy = frozenset(i for i, s in enumerate(self._state) if s == ALIVE)
+            self.changes += 1
         self._rumor(Entry(node, state, inc, origin), push=True)
 
     def _confirm(self, node: int, origin: int) -> None:
@@ -508,11 +575,11 @@ class Membership:
             out.append(self._msg(NACK, asker, asker_seq))
 
     def _maybe_probe_dead(self, out: list[Send]) -> None:
-        if self._clock < self._next_dead_probe:
+        # While nobody is dead the timer waits rather than re-arming every
+        # interval: next_due leaves it out, so skipped ticks change nothing.
+        if len(self._alive) == self.n_nodes or self._clock < self._next_dead_probe:
             return
         self._next_dead_probe = self._clock + self.config.dead_probe_interval
-        if len(self._alive) == self.n_nodes:
-            return
         for _ in range(self.n_nodes):
             self._dead_cursor = (self._dead_cursor + 1) % self.n_nodes
             if self._state[self._dead_cursor] == DEAD:
@@ -553,8 +620,7 @@ class Membership:
 
     def _msg(self, kind: int, dest: int, seq: int = 0, target: int = 0, full: bool = False) -> Send:
         entries = self._full_view() if full else self._piggyback(dest)
-        msg = GossipMsg(kind, self.index, self._inc[self.index], seq, target, entries)
-        return encode(msg), dest
+        return pack(kind, self.index, self._inc[self.index], seq, target, entries), dest
 
     def _piggyback(self, dest: int) -> tuple[Entry, ...]:
         entries = [self._entry(dest)]  # lets dest refute at once if we suspect it
@@ -588,9 +654,9 @@ class Membership:
             return
         news = tuple(self._news.values())
         self._news.clear()
+        datagram = pack(RUMOR, self.index, self._inc[self.index], 0, 0, news)
         for dest in self._pick(self.config.push_fanout, self.index):
-            msg = GossipMsg(RUMOR, self.index, self._inc[self.index], 0, 0, news)
-            out.append((encode(msg), dest))
+            out.append((datagram, dest))
 
     def _bump_health(self, delta: int) -> None:
         self.local_health = max(0, min(self.config.max_health, self.local_health + delta))

@@ -98,6 +98,7 @@ class Node:
         self.replication.alive = self._alive()
         self._seen_pauses = 0
         self._seen_suspected = 0
+        self._seen_changes = -1  # the first call looks
         self.replication.on_start(now)
 
     # -- entry points -------------------------------------------------------
@@ -139,11 +140,27 @@ class Node:
         if self.membership is not None:
             outbox.gossip = self._to_gossip(self.membership.on_tick(now))
             outbox.data = self._follow_membership(now)
-        outbox.data.extend(self.replication.on_tick(now))
+        # Idle replication has nothing on a timer: the call would find nothing to do.
+        if self.replication.next_due(now) <= now:
+            outbox.data.extend(self.replication.on_tick(now))
         if self._pending_data:
             outbox.data.extend(self._pending_data)
             self._pending_data = []
         return outbox
+
+    def next_due(self, now: float) -> float:
+        """The `now` at which on_tick next has work; a driver may skip the ticks before it."""
+        if self._pending_data:
+            return now
+        due = self.replication.next_due(now)
+        if self.membership is not None and due > now:
+            due = min(due, self.membership.next_due())
+        return due
+
+    def skip_ticks_until(self, when: float) -> None:
+        """The driver makes no tick before `when` (<= next_due()): see Membership.skip_until."""
+        if self.membership is not None:
+            self.membership.skip_until(when)
 
     def _alive(self) -> frozenset[int]:
         return frozenset((self.index,)) if self.membership is None else self.membership.healthy()
@@ -152,6 +169,9 @@ class Node:
         """Tell replication about a pause of this node or a change in who is alive."""
         membership = self.membership
         assert membership is not None
+        if membership.changes == self._seen_changes:
+            return []  # called after every datagram; almost always nothing to follow
+        self._seen_changes = membership.changes
         sends: list[Send] = []
         if membership.pauses != self._seen_pauses:
             self._seen_pauses = membership.pauses

@@ -43,6 +43,7 @@ member has confirmed.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 from ringkv.core.replies import ReplyCache
@@ -582,6 +583,18 @@ class Replication:
             sends.extend(self._settle(now))
         sends.extend(self._hint_handoffs(now))
         return sends
+
+    def next_due(self, now: float) -> float:
+        """When on_tick next has work: `now` while anything waits on a timer, else never.
+
+        In step with on_tick: a timer added there must be counted here.
+        """
+        if (
+            self._pending or self._transfers or self._queue or self._deferred
+            or self._handed_on or self._settle_at is not None or self._handoff_at is not None
+        ):  # fmt: skip
+            return now
+        return math.inf
 
     def _forget_handed_on(self, now: float) -> None:
         for message_id, (_, until) in list(self._handed_on.items()):

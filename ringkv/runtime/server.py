@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
 import socket
@@ -24,7 +25,18 @@ from ringkv.servers import gossip_addr
 
 log = logging.getLogger("ringkv.node")
 
-TICK_INTERVAL = 0.1  # membership times acks to ~0.1 s; idle cost is mostly these wake-ups
+# Ticks fall on a grid of TICK_INTERVAL after the last one (membership times
+# acks to ~0.1 s), but a grid point with nothing due is skipped: an idle node
+# wakes up ~3 times a second for its probes instead of 10, and each wake-up of
+# a Python process costs more than the little work it then does.
+TICK_INTERVAL = 0.1
+# At least this often, so that a skipped span hides little of a SIGSTOP from
+# pause detection (Membership.skip_until), and reply expiry rides on ticks.
+MAX_TICK_GAP = 0.5
+_GRID_SLACK = 1e-6  # a deadline on a grid point (up to float error) is due at that point
+# uvloop's timers count whole milliseconds of a cached clock and fire up to
+# ~1 ms early; a tick just before a deadline would leave it a whole step.
+_TIMER_SLACK = 0.002
 # A tick this overdue when datagrams arrive means the process was stopped: tick first.
 OVERDUE_TICK = 0.5
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; not exported by Python
@@ -66,10 +78,8 @@ def _enable_timestamps(sock: socket.socket) -> None:
 
 class _Endpoint(asyncio.DatagramProtocol):
     def __init__(self, handle: Callable[[bytes, Addr], None]) -> None:
-        self.handle = handle
-
-    def datagram_received(self, data: bytes, addr: Addr) -> None:  # type: ignore[override]
-        self.handle(data, addr)
+        # The handler itself, not a method calling it: one Python frame less per datagram.
+        self.datagram_received = handle  # type: ignore[assignment]
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from a peer that is down: nothing to do.
@@ -87,10 +97,13 @@ class NodeServer:
         self._gossip: asyncio.DatagramTransport | None = None
         self.send_drops = 0
         self._stopped = asyncio.Event()
-        self._last_tick = time.monotonic()
+        self._last_tick = time.monotonic()  # the last tick made (the grid's origin)
+        self._tick_at = self._last_tick  # the next tick, on the grid
+        self._timer: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
         self._sock = open_udp_socket(self.listen)
         _enable_timestamps(self._sock)
         loop.add_reader(self._sock.fileno(), self._drain)
@@ -101,7 +114,8 @@ class NodeServer:
             )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
-        loop.call_soon(self._tick)
+        self._tick_at = time.monotonic()
+        self._timer = loop.call_soon(self._tick)
         log.info("listening on %s:%d (pid %d)", *self.listen, os.getpid())
         await self._stopped.wait()
         log.info("stopping on signal")
@@ -117,8 +131,13 @@ class NodeServer:
         timers: without a tick first, the node would answer reads from data
         it has not yet noticed may be stale.
         """
-        if time.monotonic() - self._last_tick > OVERDUE_TICK:
+        # Lateness counts from the last tick on the grid, made or skipped.
+        if time.monotonic() - (self._tick_at - TICK_INTERVAL) > OVERDUE_TICK:
             self._run_tick()
+        self._read_data()
+        self._arm(time.monotonic())  # the datagrams may have given replication work to time
+
+    def _read_data(self) -> None:
         sock, on_datagram = self._sock, self.node.on_datagram
         for _ in range(DRAIN_LIMIT):
             try:
@@ -146,7 +165,11 @@ class NodeServer:
                 pass  # unreachable destination: the same
 
     def _on_gossip(self, data: bytes, addr: Addr) -> None:
-        self._send_gossip(self.node.on_gossip(data, time.monotonic()))
+        now = time.monotonic()
+        sends = self.node.on_gossip(data, now)
+        if sends:
+            self._send_gossip(sends)
+        self._arm(now)  # e.g. an ACK: the probe's PING_REQ deadline is off
 
     def _send_gossip(self, sends: list[Send]) -> None:
         if self._gossip is None:
@@ -155,20 +178,64 @@ class NodeServer:
             self._gossip.sendto(payload, dest)
 
     def _tick(self) -> None:
+        self._timer = None
         self._run_tick()
-        asyncio.get_running_loop().call_later(TICK_INTERVAL, self._tick)
+        self._arm(self._last_tick)
+
+    def _arm(self, now: float) -> None:
+        """Time the next tick: the first grid point at or after the node's next deadline."""
+        if self._timer is not None and self._tick_at <= now:
+            # The tick is overdue (the loop read sockets first) and runs next:
+            # moving it past `now` would starve it under a stream of datagrams.
+            return
+        at = tick_after(self._last_tick, self.node.next_due(now), now)
+        if at != self._tick_at or self._timer is None:
+            if self._timer is not None:
+                self._timer.cancel()
+            delay = at - now + _TIMER_SLACK
+            self._timer = self._loop.call_later(delay, self._tick)
+            self._tick_at = at
+        self.node.skip_ticks_until(at - TICK_INTERVAL)
 
     def _run_tick(self) -> None:
         self._last_tick = now = time.monotonic()
         outbox = self.node.on_tick(now)
-        self._send(outbox.data)
-        self._send_gossip(outbox.gossip)
+        if outbox.data:
+            self._send(outbox.data)
+        if outbox.gossip:
+            self._send_gossip(outbox.gossip)
 
     def _exit_now(self) -> None:
         # SHUTDOWN behaves like a crash: no hand-off. The reply is already
         # in the kernel's send queue (plain sendto does not buffer in user space).
         logging.shutdown()
         os._exit(0)
+
+
+def tick_after(
+    last: float,
+    due: float,
+    now: float,
+    interval: float = TICK_INTERVAL,
+    max_gap: float = MAX_TICK_GAP,
+) -> float:
+    """The next tick: the first point of the grid `last + k * interval` after `now` and `due`.
+
+    No later than max_gap after `last` (unless that is past); `due` may be
+    -inf (due now) or inf (nothing due). The points before it are those a
+    fixed tick would have found nothing to do at.
+    """
+    span = due - last
+    max_steps = round(max_gap / interval)
+    if span <= interval:
+        steps = 1
+    elif span >= max_steps * interval:
+        steps = max_steps
+    else:
+        steps = math.ceil(span / interval - _GRID_SLACK)
+    if now >= last + steps * interval:  # e.g. news that is due at once, between ticks
+        steps = int((now - last) // interval) + 1
+    return last + steps * interval
 
 
 def serve(node: Node, listen: Addr, gossip: bool) -> None:

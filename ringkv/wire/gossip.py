@@ -31,6 +31,9 @@ STATE_NAMES = ("alive", "suspect", "dead")
 
 _HEADER = struct.Struct("!BBBHIIHH")
 _ENTRY = struct.Struct("!HBIH")
+# Most datagrams (PING, ACK) carry one entry, the receiver's own: one pack or
+# unpack for the whole datagram, since idle CPU is mostly per-datagram overhead.
+_SINGLE = struct.Struct(_HEADER.format + _ENTRY.format[1:])
 MAX_ENTRIES = (65507 - _HEADER.size) // _ENTRY.size  # a full view in one UDP datagram
 MAX_INCARNATION = 0xFFFFFFFF
 
@@ -56,25 +59,38 @@ class GossipMsg(NamedTuple):
 
 
 def encode(msg: GossipMsg) -> bytes:
-    # kind, sender, incarnation, seq, target: the header's fields in order
-    head = _HEADER.pack(MAGIC, VERSION, *msg[:5], len(msg.entries))
-    return head + b"".join(_ENTRY.pack(*e) for e in msg.entries)
+    return pack(*msg)
+
+
+def pack(
+    kind: int, sender: int, incarnation: int, seq: int, target: int, entries: tuple[Entry, ...]
+) -> bytes:
+    """encode() without building a GossipMsg first."""
+    if len(entries) == 1:
+        return _SINGLE.pack(MAGIC, VERSION, kind, sender, incarnation, seq, target, 1, *entries[0])
+    head = _HEADER.pack(MAGIC, VERSION, kind, sender, incarnation, seq, target, len(entries))
+    return head + b"".join([_ENTRY.pack(*e) for e in entries])
 
 
 def decode(data: bytes) -> GossipMsg:
     """Parse a datagram; anything malformed raises GossipDecodeError only."""
-    if len(data) < _HEADER.size:
+    if len(data) == _SINGLE.size:
+        magic, version, kind, sender, inc, seq, target, count, *entry = _SINGLE.unpack(data)
+        entries: tuple[Entry, ...] = (Entry(*entry),)
+    elif len(data) < _HEADER.size:
         raise GossipDecodeError("short gossip datagram")
-    magic, version, kind, sender, inc, seq, target, count = _HEADER.unpack_from(data)
+    else:
+        magic, version, kind, sender, inc, seq, target, count = _HEADER.unpack_from(data)
+        if len(data) != _HEADER.size + count * _ENTRY.size:
+            raise GossipDecodeError("gossip datagram length does not match its entry count")
+        entries = tuple(map(Entry._make, _ENTRY.iter_unpack(memoryview(data)[_HEADER.size :])))
     if magic != MAGIC or version != VERSION:
         raise GossipDecodeError("not a gossip datagram of this version")
     if kind not in KINDS:
         raise GossipDecodeError(f"unknown gossip kind {kind}")
-    if len(data) != _HEADER.size + count * _ENTRY.size:
+    if count != len(entries):
         raise GossipDecodeError("gossip datagram length does not match its entry count")
-    entries = tuple(
-        Entry._make(fields) for fields in _ENTRY.iter_unpack(memoryview(data)[_HEADER.size :])
-    )
-    if any(e.state > DEAD for e in entries):
-        raise GossipDecodeError("unknown member state")
+    for entry in entries:
+        if entry[1] > DEAD:
+            raise GossipDecodeError("unknown member state")
     return GossipMsg(kind, sender, inc, seq, target, entries)
