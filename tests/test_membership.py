@@ -30,6 +30,7 @@ from ringkv.wire.gossip import (
     RUMOR,
     SUSPECT,
     SYNC,
+    SYNC_ACK,
     Entry,
     GossipDecodeError,
     GossipMsg,
@@ -297,6 +298,35 @@ def test_unanswered_probe_asks_helpers_then_suspects() -> None:
     assert len(helpers) == 3
     assert all(m.target == target and m.seq == probe.seq and d != target for m, d in helpers)
     assert member.state_of(target) == "suspect" and member.alive_count() == 6
+
+
+def test_a_late_tick_short_of_a_pause_puts_the_node_in_doubt_until_a_view_comes() -> None:
+    member = Membership(0, 5)
+    member.on_tick(0.05)
+    assert not member.in_doubt()
+    out = [decode(d) for d, _ in member.on_tick(0.65)]  # 0.6 s late: no pause
+    assert member.pauses == 0 and member.in_doubt()
+    assert len([m for m in out if m.kind == SYNC]) >= member.config.sync_fanout
+    view = tuple(Entry(i, ALIVE, 0, i) for i in range(5))
+    member.on_message(encode(GossipMsg(SYNC_ACK, 2, 0, 1, 0, view)), 0.66)
+    assert not member.in_doubt()
+
+
+def test_a_probe_of_an_old_incarnation_does_not_suspect_the_new_one() -> None:
+    """Seed 1118: a probe sent to a crashed process ended after its restart."""
+    member = Membership(0, 6)
+    t = 0.0
+    sent: list[tuple[GossipMsg, int]] = []
+    while not any(m.kind == PING for m, _ in sent):
+        t += TICK
+        sent = [(decode(d), dest) for d, dest in member.on_tick(t)]
+    target = next(dest for m, dest in sent if m.kind == PING)
+    # The restarted process announces itself at a higher incarnation; the old PING is lost.
+    member.on_message(encode(GossipMsg(PING, target, 1, 77)), t + 0.01)
+    for _ in range(10):
+        t += TICK
+        member.on_tick(t)
+    assert member.state_of(target) == "alive"
 
 
 def test_pause_is_detected_announced_and_resynchronised() -> None:

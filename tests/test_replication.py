@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ringkv.core.node import Node
-from ringkv.core.replication import LOOKBACK, Replication, _Transfer
+from ringkv.core.replication import LOOKBACK, MAX_HOPS, Replication, _Transfer
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
@@ -616,3 +616,15 @@ def test_a_slot_marked_again_stays_unsynced_when_an_older_pull_ends(end: str) ->
     else:
         node._finish_transfer(old_pull, 1.0)
     assert slot in node._unsynced
+
+
+def test_a_tail_in_doubt_hands_reads_to_its_predecessor() -> None:
+    node = _lone_replication(0, nodes=6)
+    node.on_view(frozenset(range(6)), 0.0)
+    node._unsynced.clear()
+    slot = next(s for s in node._my_slots if node.ring.chain_at(s, node.alive, 3)[-1] == 0)
+    chain = node.ring.chain_at(slot, node.alive, 3)
+    assert node._route(slot, chain, is_read=True, hops=MAX_HOPS) is None  # serves it
+    node.in_doubt = True
+    assert node._route(slot, chain, is_read=True, hops=MAX_HOPS) == chain[-2]
+    assert node._route(slot, chain, is_read=False, hops=0) == chain[0]  # writes as ever

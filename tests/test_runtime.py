@@ -43,6 +43,10 @@ class _OrderNode:
         self.calls.append("datagram")
         return []
 
+    def on_gossip(self, data: bytes, now: float) -> list:
+        self.calls.append("gossip")
+        return []
+
 
 def _server_with_a_queued_datagram(since_last_tick: float) -> tuple[NodeServer, _OrderNode]:
     node = _OrderNode()
@@ -146,3 +150,23 @@ def test_an_overdue_tick_is_not_postponed_by_datagrams_read_before_it() -> None:
         assert server._tick_at == pytest.approx(last + 0.1)
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_after_a_stop_queued_gossip_is_read_before_queued_requests(stopped: bool) -> None:
+    """Seed 1088: a node must know it was suspected before it acts on a queued request."""
+    server, node = _server_with_a_queued_datagram(
+        since_last_tick=OVERDUE_TICK + 1.5 if stopped else 0.05
+    )
+    server._gossip_sock = open_udp_socket(("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.sendto(b"you are suspect", server._gossip_sock.getsockname())
+    time.sleep(0.05)
+    try:
+        server._drain()
+    finally:
+        server._sock.close()
+        server._gossip_sock.close()
+        server._loop.close()
+    # Between ticks the event loop hands gossip over in its own time.
+    assert node.calls == (["tick", "gossip", "datagram"] if stopped else ["datagram"])

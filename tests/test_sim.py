@@ -314,6 +314,17 @@ STALE_READ_SEEDS = {
     # followed: it read its data before its gossip, so it did not yet know that it
     # had been suspected and routed around. Queued gossip is now read first.
     1088: 17,
+    # A member that rejoined a chain counted its slot as pulled when a pull of the
+    # round before ended (its source died): it served NO_KEY for an acknowledged PUT.
+    1396: 5,
+    # A node stopped 0.6 s (no pause by its own measure) was routed around and,
+    # unaware, served a read as the tail: a late tick now puts it in doubt until
+    # a member has sent it the view.
+    1534: 6,
+    # A probe sent to a crashed process ended after its restart and suspected the
+    # new incarnation, which did not know and kept reading as the tail: a probe
+    # now only suspects the incarnation it probed.
+    1118: 5,
 }
 
 

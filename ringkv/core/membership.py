@@ -144,6 +144,7 @@ class MembershipConfig:
 class _Probe:
     target: int
     seq: int
+    incarnation: int  # the target's when probed: a later one answers for itself
     req_at: float  # send PING_REQs if not acked by then
     end: float  # suspect the target if not acked by then
     acked: bool = False
@@ -376,8 +377,26 @@ class Membership:
         for seq, (asker, asker_seq, nack_at) in self._relays.items():
             self._relays[seq] = (asker, asker_seq, max(nack_at, hold))
         if gap < self.config.pause_threshold:
-            return []
+            return self._doubt()
         return self._on_pause(gap)
+
+    def _doubt(self) -> list[Send]:
+        """A late call, too short for a pause: others may have suspected us meanwhile.
+
+        Ask a few members for their view (SYNC); until one answers, `in_doubt()`
+        holds, and replication serves no read as a tail that the others may
+        already route writes around.
+        """
+        out: list[Send] = []
+        if not self._resync:
+            self._resync = True
+            self.changes += 1
+            self._send_sync(out, self.config.sync_fanout)
+        return out
+
+    def in_doubt(self) -> bool:
+        """Since a late call or a pause, no member has yet sent us its view."""
+        return self._resync
 
     def _on_pause(self, gap: float) -> list[Send]:
         self.pauses += 1
@@ -474,8 +493,9 @@ class Membership:
                 self._probe.nacks += 1
         elif kind == SYNC:
             out.append(self._msg(SYNC_ACK, msg.sender, msg.seq, full=True))
-        elif kind == SYNC_ACK:
+        elif kind == SYNC_ACK and self._resync:
             self._resync = False
+            self.changes += 1
 
     def _on_ack(self, seq: int, out: list[Send]) -> None:
         probe = self._probe
@@ -521,7 +541,7 @@ class Membership:
             return
         seq = self._next_seq()
         req_at = self._clock + self._scaled(cfg.ack_timeout)
-        self._probe = _Probe(target, seq, req_at, self._next_probe)
+        self._probe = _Probe(target, seq, self._inc[target], req_at, self._next_probe)
         out.append(self._msg(PING, target, seq))
 
     def _send_ping_reqs(self, probe: _Probe, out: list[Send]) -> None:
@@ -537,6 +557,8 @@ class Membership:
             return
         # Lifeguard: helpers that did not even NACK point at our own links/CPU.
         self._bump_health(max(0, probe.expected_nacks - probe.nacks))
+        if self._inc[probe.target] > probe.incarnation:
+            return  # it restarted or refuted meanwhile: the silence was its old self's
         self._suspect(probe.target)
 
     def _expire_suspicions(self, out: list[Send]) -> None:

@@ -181,6 +181,7 @@ class Node:
             self._seen_suspected = membership.times_suspected
             self.replication.on_suspected(now)
         self.replication.not_dead = membership.alive()
+        self.replication.in_doubt = membership.in_doubt()
         if membership.healthy() is not self.replication.alive:
             sends.extend(self.replication.on_view(membership.healthy(), now))
         return sends

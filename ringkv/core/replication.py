@@ -152,6 +152,9 @@ class Replication:
         self._roles: tuple[float, dict[str, int]] = (0.0, {})  # (recount after, counts)
         # Views replaced when nodes joined, kept LINGER seconds: (until when, old view).
         self._former_views: list[tuple[float, frozenset[int]]] = []
+        # This node ran late and has not heard the others' view since: it may have
+        # been suspected and routed around, so it serves no read as the tail.
+        self.in_doubt = False
 
     # -- client requests ------------------------------------------------------
 
@@ -197,7 +200,7 @@ class Replication:
         member = self.index in chain
         if target != self.index and (hops < MAX_HOPS or not member):
             return target
-        if slot in self._unsynced:
+        if slot in self._unsynced or (is_read and self.in_doubt):
             neighbour = _neighbour(chain, self.index, before=is_read)
             if not is_read and neighbour is not None:
                 if neighbour == chain[-1]:

@@ -42,6 +42,7 @@ OVERDUE_TICK = 0.5
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; not exported by Python
 _TIMESPEC = struct.Struct("qq")
 MAX_DATAGRAM = 65_535
+GOSSIP_BACKLOG = 4096  # gossip datagrams read at once after a stop: a 1 MiB queue's worth
 DRAIN_LIMIT = 64  # datagrams per wake-up, so timers and gossip get their turn
 RECV_BUFFER = 8 << 20  # bursts of thousands of requests must not overflow the kernel queue
 SEND_BUFFER = 4 << 20
@@ -95,6 +96,7 @@ class NodeServer:
         self.gossip_enabled = gossip
         self._sock: socket.socket
         self._gossip: asyncio.DatagramTransport | None = None
+        self._gossip_sock: socket.socket | None = None  # read directly after a stop
         self.send_drops = 0
         self._stopped = asyncio.Event()
         self._last_tick = time.monotonic()  # the last tick made (the grid's origin)
@@ -108,9 +110,9 @@ class NodeServer:
         _enable_timestamps(self._sock)
         loop.add_reader(self._sock.fileno(), self._drain)
         if self.gossip_enabled:
+            self._gossip_sock = open_udp_socket(gossip_addr(self.listen), 1 << 20)
             self._gossip, _ = await loop.create_datagram_endpoint(
-                lambda: _Endpoint(self._on_gossip),
-                sock=open_udp_socket(gossip_addr(self.listen), 1 << 20),
+                lambda: _Endpoint(self._on_gossip), sock=self._gossip_sock
             )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
@@ -199,11 +201,33 @@ class NodeServer:
 
     def _run_tick(self) -> None:
         self._last_tick = now = time.monotonic()
+        stopped = now - self._tick_at > OVERDUE_TICK - TICK_INTERVAL
         outbox = self.node.on_tick(now)
         if outbox.data:
             self._send(outbox.data)
         if outbox.gossip:
             self._send_gossip(outbox.gossip)
+        if stopped:
+            self._read_queued_gossip()
+
+    def _read_queued_gossip(self) -> None:
+        """After a stop, what others decided meanwhile comes before queued requests.
+
+        The loop may hand over the data socket first: a node that others
+        suspected and routed around while it was stopped must know it before
+        it leads a write or serves a read that waited in its queue.
+        """
+        sock = self._gossip_sock
+        if sock is None:
+            return
+        for _ in range(GOSSIP_BACKLOG):
+            try:
+                data, addr = sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            self._on_gossip(data, addr)
 
     def _exit_now(self) -> None:
         # SHUTDOWN behaves like a crash: no hand-off. The reply is already
