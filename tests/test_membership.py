@@ -282,15 +282,21 @@ def test_late_tick_gives_no_verdict_on_the_probe_in_flight() -> None:
     assert member.pauses == 0 and member.local_health == 0  # late +1, ack -1
 
 
+def _first_probe(member: Membership) -> tuple[float, GossipMsg, int]:
+    """Tick until the member sends its first PING: (when, the PING, its target)."""
+    t = 0.0
+    while True:
+        t += TICK
+        pings = [(decode(d), dest) for d, dest in member.on_tick(t)]
+        pings = [(m, dest) for m, dest in pings if m.kind == PING]
+        if pings:
+            return t, *pings[0]
+
+
 def test_unanswered_probe_asks_helpers_then_suspects() -> None:
     member = Membership(0, 6)
-    t = 0.0
+    t, probe, target = _first_probe(member)
     sent: list[tuple[GossipMsg, int]] = []
-    while not any(m.kind == PING for m, _ in sent):
-        t += TICK
-        sent = [(decode(d), dest) for d, dest in member.on_tick(t)]
-    probe, target = sent[0]
-    sent = []
     while member.state_of(target) == "alive":
         t += TICK
         sent += [(decode(d), dest) for d, dest in member.on_tick(t)]
@@ -315,12 +321,7 @@ def test_a_late_tick_short_of_a_pause_puts_the_node_in_doubt_until_a_view_comes(
 def test_a_probe_of_an_old_incarnation_does_not_suspect_the_new_one() -> None:
     """Seed 1118: a probe sent to a crashed process ended after its restart."""
     member = Membership(0, 6)
-    t = 0.0
-    sent: list[tuple[GossipMsg, int]] = []
-    while not any(m.kind == PING for m, _ in sent):
-        t += TICK
-        sent = [(decode(d), dest) for d, dest in member.on_tick(t)]
-    target = next(dest for m, dest in sent if m.kind == PING)
+    t, _, target = _first_probe(member)
     # The restarted process announces itself at a higher incarnation; the old PING is lost.
     member.on_message(encode(GossipMsg(PING, target, 1, 77)), t + 0.01)
     for _ in range(10):

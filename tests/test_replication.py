@@ -481,6 +481,15 @@ def _lone_replication(index: int = 0, nodes: int = 4) -> Replication:
     return Replication(index, servers, ring, 3, _indexed_store(ring), ReplyCache())
 
 
+def _settled_replication(nodes: int = 6) -> Replication:
+    """Node 0 with every node alive and every slot pulled, nothing pending."""
+    node = _lone_replication(0, nodes)
+    node.on_view(frozenset(range(nodes)), 0.0)
+    node._unsynced.clear()
+    node._deferred.clear()
+    return node
+
+
 def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it() -> None:
     requester = _lone_replication(0)
     requester._unsynced.clear()
@@ -539,11 +548,8 @@ def _requested(sends: list[tuple[bytes, Addr]], servers: Sequence[Addr]) -> dict
 
 def test_a_heads_hint_pulls_a_joined_slot_from_every_member_at_once() -> None:
     """The hint skips JOIN_DELAY: the head counts us already and a copy is missing."""
-    node = _lone_replication(0, nodes=6)
+    node = _settled_replication()
     everyone = frozenset(range(6))
-    node.on_view(everyone, 0.0)
-    node._unsynced.clear()
-    node._deferred.clear()
     alive = everyone - {5}
     node.on_view(alive, 1.0)  # node 5 left: node 0 joins chains, pulls them JOIN_DELAY later
     slot, chain = next(
@@ -558,10 +564,7 @@ def test_a_heads_hint_pulls_a_joined_slot_from_every_member_at_once() -> None:
 
 
 def test_a_hint_from_a_non_member_is_pulled_and_confirmed_as_before() -> None:
-    node = _lone_replication(0, nodes=6)
-    node.on_view(frozenset(range(6)), 0.0)
-    node._unsynced.clear()
-    node._deferred.clear()
+    node = _settled_replication()
     slot = next(iter(node._my_slots))
     outsider = next(i for i in range(6) if i not in node.ring.chain_at(slot, node.alive, 3))
     sends = node.on_handoff(peer.encode_slots(peer.HANDOFF, outsider, [slot]), 1.0)
@@ -570,11 +573,8 @@ def test_a_hint_from_a_non_member_is_pulled_and_confirmed_as_before() -> None:
 
 
 def test_transfers_from_a_node_that_left_the_view_free_their_place_at_once() -> None:
-    node = _lone_replication(0, nodes=6)
+    node = _settled_replication()
     everyone = frozenset(range(6))
-    node.on_view(everyone, 0.0)
-    node._unsynced.clear()
-    node._deferred.clear()
     slots = sorted(node._my_slots)
     gone = next(m for m in node.ring.chain_at(slots[0], everyone, 3) if m != 0)
     others = [i for i in range(1, 6) if i != gone]
@@ -589,10 +589,7 @@ def test_transfers_from_a_node_that_left_the_view_free_their_place_at_once() -> 
 
 
 def test_a_pull_restoring_a_copy_goes_before_queued_settling_pulls() -> None:
-    node = _lone_replication(0, nodes=6)
-    node.on_view(frozenset(range(6)), 0.0)
-    node._unsynced.clear()
-    node._deferred.clear()
+    node = _settled_replication()
     slot = next(iter(node._my_slots))
     for source in (1, 2):
         node._enqueue(source, [slot], False, since=5)  # settling pulls, queued first
