@@ -15,7 +15,9 @@ meant it for (its targets), so a member with a different view cannot end it
 early; for LINGER seconds after a node returns, the live node it pushed out
 of a chain (which may still think itself the tail) gets every write as well;
 the tail never leads a write (it would expose it before the others have
-it), and only a member of the key's chain serves a read.
+it), only a member of the key's chain serves a read, and a node whose ticks
+ran late serves none as the tail until a member has sent it the current view
+(`in_doubt`: the others may have suspected it and routed writes around it).
 
 Stamps order writes per key across the cluster: a hybrid logical clock
 (wall-clock microseconds, never behind the key's last stamp) in the high
@@ -32,7 +34,9 @@ is older, so it may still send writes around the puller) says so, and the
 slot is pulled from it again later. A node that held its slots all along
 and only may have missed writes (it was paused or suspected) asks just for
 what was stamped since. The head of a changed chain asks its new members to
-pull from it at once (a HANDOFF hint). After every view change, once views
+pull at once (a HANDOFF hint): a member still waiting to pull the slot then
+pulls it from every member without waiting out JOIN_DELAY. Pulls that may
+restore a missing copy go before settling pulls in the queue. After every view change, once views
 have had time to agree, each node pulls the slots whose chain changed once
 more, so a write that went around a node because of a late view still
 reaches it; and a node holding keys of slots it is no longer a member of
