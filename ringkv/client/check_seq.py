@@ -237,6 +237,7 @@ class IncrementFigures:
     reads: Tally = field(default_factory=Tally)
     writes: Tally = field(default_factory=Tally)
     stale_reads: int = 0
+    stale_absent: int = 0  # of those, answered NO_KEY (every copy of the key out of reach?)
     invented_reads: int = 0
 
 
@@ -255,6 +256,7 @@ def increment_round(ctx: Context, counts: dict[bytes, Count], label: str) -> Inc
         count = counts[key]
         if current < count.last and current not in count.pending:
             fig.stale_reads += 1  # shows up at the end as lost increments
+            fig.stale_absent += got.err == Err.NO_KEY
         new = current + 1
         put = await timed_request(client, fig.writes, Command.PUT, key, make_value(key, new, size))
         _account(count, put, new, fig)
@@ -310,12 +312,13 @@ def _record_increments(ctx: Context, r: int, what: str, fig: IncrementFigures) -
         "reads": fig.reads.figures(),
         "writes": fig.writes.figures(),
         "stale_reads": fig.stale_reads,
+        "stale_reads_no_key": fig.stale_absent,
         "invented_reads": fig.invented_reads,
     }
     line = (
         f"{what}; {fig.writes.ok:,} increments acked, {fig.writes.timeouts:,} PUT t/o, "
-        f"{fig.reads.timeouts:,} GET t/o, {fig.stale_reads:,} stale reads, "
-        f"{fig.invented_reads:,} invented"
+        f"{fig.reads.timeouts:,} GET t/o, {fig.stale_reads:,} stale reads "
+        f"({fig.stale_absent:,} NO_KEY), {fig.invented_reads:,} invented"
     )
     ctx.report.record(f"round {r}", figures, line)
 
