@@ -62,23 +62,26 @@ def _server_with_a_queued_datagram(since_last_tick: float) -> tuple[NodeServer, 
     return server, node
 
 
-def test_datagrams_after_a_stop_wait_for_the_overdue_tick() -> None:
-    server, node = _server_with_a_queued_datagram(since_last_tick=OVERDUE_TICK + 1.5)
+def _drain_once(server: NodeServer) -> None:
+    """One wake-up of the data socket, then close what the test opened."""
     try:
         server._drain()
     finally:
         server._sock.close()
+        if server._gossip_sock is not None:
+            server._gossip_sock.close()
         server._loop.close()
+
+
+def test_datagrams_after_a_stop_wait_for_the_overdue_tick() -> None:
+    server, node = _server_with_a_queued_datagram(since_last_tick=OVERDUE_TICK + 1.5)
+    _drain_once(server)
     assert node.calls == ["tick", "datagram"]
 
 
 def test_datagrams_between_ticks_are_handled_at_once() -> None:
     server, node = _server_with_a_queued_datagram(since_last_tick=0.05)
-    try:
-        server._drain()
-    finally:
-        server._sock.close()
-        server._loop.close()
+    _drain_once(server)
     assert node.calls == ["datagram"]
 
 
@@ -86,11 +89,7 @@ def test_datagrams_after_a_stop_wait_for_the_overdue_tick_even_after_skipped_tic
     # The last tick was long ago, but the ticks since were skipped, not missed.
     server, node = _server_with_a_queued_datagram(since_last_tick=OVERDUE_TICK + 0.3)
     server._tick_at = time.monotonic() + 0.05
-    try:
-        server._drain()
-    finally:
-        server._sock.close()
-        server._loop.close()
+    _drain_once(server)
     assert node.calls == ["datagram"]
 
 
@@ -162,11 +161,6 @@ def test_after_a_stop_queued_gossip_is_read_before_queued_requests(stopped: bool
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
         peer.sendto(b"you are suspect", server._gossip_sock.getsockname())
     time.sleep(0.05)
-    try:
-        server._drain()
-    finally:
-        server._sock.close()
-        server._gossip_sock.close()
-        server._loop.close()
+    _drain_once(server)
     # Between ticks the event loop hands gossip over in its own time.
     assert node.calls == (["tick", "gossip", "datagram"] if stopped else ["datagram"])
