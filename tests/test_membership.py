@@ -249,14 +249,18 @@ def test_suspected_node_refutes_with_higher_incarnation() -> None:
     assert Entry(1, ALIVE, 1, 1) in reply.entries[1:]  # the refutation is gossiped
 
 
-def test_news_is_pushed_at_once_and_only_once() -> None:
+def test_news_is_pushed_at_once_and_only_once_and_to_the_suspect() -> None:
     member = Membership(0, 10)
     suspicion = Entry(2, SUSPECT, 0, 1)
     news = encode(GossipMsg(PING, 1, 0, 7, 0, (suspicion,)))
     out = [(decode(d), dest) for d, dest in member.on_message(news, 0.01)]
     rumors = [(m, dest) for m, dest in out if m.kind == RUMOR]
-    assert len(rumors) == member.config.push_fanout
-    assert all(m.entries == (suspicion,) and dest not in (0, 2) for m, dest in rumors)
+    assert all(m.entries == (suspicion,) for m, _ in rumors)
+    # push_fanout random members, and the suspect itself, so that it stops serving
+    # reads as a tail at once; never this node.
+    dests = [dest for _, dest in rumors]
+    assert len(dests) == len(set(dests)) == member.config.push_fanout + 1
+    assert 2 in dests and 0 not in dests
     again = [decode(d) for d, _ in member.on_message(news, 0.02)]
     assert not any(m.kind == RUMOR for m in again)  # old news is only piggy-backed
 

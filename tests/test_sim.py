@@ -325,6 +325,9 @@ STALE_READ_SEEDS = {
     # new incarnation, which did not know and kept reading as the tail: a probe
     # now only suspects the incarnation it probed.
     1118: 5,
+    # A node suspected while healthy served a read as the tail 50 ms later, not yet
+    # told: the suspect now gets every push of news about its suspicion.
+    1133: 7,
 }
 
 

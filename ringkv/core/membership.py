@@ -671,13 +671,21 @@ class Membership:
             self._news[entry.node] = entry
 
     def _push_news(self, out: list[Send]) -> None:
-        """Send the changes learnt during this call to a few random members."""
+        """Send the changes learnt during this call to a few random members.
+
+        A suspect gets the news too: until it hears of the suspicion it may
+        serve reads of chains the others already route around it.
+        """
         if not self._news:
             return
         news = tuple(self._news.values())
         self._news.clear()
         datagram = pack(RUMOR, self.index, self._inc[self.index], 0, 0, news)
-        for dest in self._pick(self.config.push_fanout, self.index):
+        dests = self._pick(self.config.push_fanout, self.index)
+        for entry in news:
+            if entry.state == SUSPECT and entry.node != self.index and entry.node not in dests:
+                dests.append(entry.node)
+        for dest in dests:
             out.append((datagram, dest))
 
     def _bump_health(self, delta: int) -> None:
