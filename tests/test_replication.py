@@ -24,7 +24,13 @@ from ringkv.sim.clients import Batch, ClientGroup, Request, RetryPolicy, Values
 from ringkv.sim.cluster import PAUSED, UP, SimConfig, Simulator, node_addr
 from ringkv.sim.history import ERR_NOT_FOUND, ERR_OK, GET, REMOVE, Op
 from ringkv.wire import peer
-from ringkv.wire.codec import Command, decode_msg, decode_response, encode_request
+from ringkv.wire.codec import (
+    Command,
+    KVRequest,
+    decode_msg,
+    decode_response,
+    encode_request,
+)
 from ringkv.wire.peer import Write
 
 Addr = tuple[str, int]
@@ -625,3 +631,60 @@ def test_a_tail_in_doubt_hands_reads_to_its_predecessor() -> None:
     node.in_doubt = True
     assert node._route(slot, chain, is_read=True, hops=MAX_HOPS) == chain[-2]
     assert node._route(slot, chain, is_read=False, hops=0) == chain[0]  # writes as ever
+
+
+# --------------------------------------------- a chain suspended and resumed whole
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_chain_resumed_whole_serves_what_its_stand_ins_took_meanwhile(seed: int) -> None:
+    """Its members are all stale: they must pull from the nodes that stood in for them.
+
+    Before the fix the three pulled only from each other and served the old
+    value until the stand-ins' handoff came, seconds later.
+    """
+    sim = cluster(8, seed)
+    probe = Probe(sim)
+    key = b"whole-chain"
+    chain = chain_of(sim, key)
+    front = outsider(sim, chain)
+    assert probe.call(front, b"put-old", Command.PUT, key, b"old")[0] == ERR_OK
+    for member in chain:
+        sim.pause(member)
+    sim.run_for(8.0)  # suspected, declared dead, routed around
+    assert probe.call(front, b"put-new", Command.PUT, key, b"new")[0] == ERR_OK
+    for member in chain:
+        sim.resume(member)
+    reads: list[bytes] = []
+    for step in range(80):  # through every node, every 50 ms, for 4 s after the resume
+        for node in sim.nodes_in(UP):
+            message_id = b"get-%03d-%d" % (step, node)
+            reads.append(message_id)
+            probe.send(node, message_id, Command.GET, key)
+        sim.run_for(0.05)
+    sim.run_for(1.0)
+    answers = [answer for message_id in reads for answer in probe.replies.get(message_id, [])]
+    assert len(answers) > len(reads) // 2
+    assert set(answers) == {(ERR_OK, b"new")}
+
+
+def test_an_unsynced_member_next_to_the_tail_leads_a_put_but_no_remove() -> None:
+    """Its store may lack the key: a REMOVE led here could answer "not found" wrongly."""
+    node = _settled_replication(6)
+    slot = next(s for s in node._my_slots if node.ring.chain_at(s, node.alive, 3)[1] == 0)
+    key = next(
+        k
+        for k in (b"k%d" % i for i in range(100_000))
+        if node.ring.slot_of(key_position(k)) == slot
+    )
+    node._unsynced[slot] = set()  # pulling it: writes would go to the tail, which must not lead
+    client = ("client", 1)
+
+    def request(message_id: bytes, command: int, value: bytes = b"") -> list[Any]:
+        kv = KVRequest(command=command, key=key, value=value)
+        data = encode_request(message_id, command, key, value)
+        return node.on_key_request(message_id, kv, data, client, MAX_HOPS, 1.0)
+
+    assert request(b"remove", Command.REMOVE) == []  # the client's retry comes after the pull
+    led = request(b"put", Command.PUT, b"v")
+    assert [peer.kind_of(data) for data, _ in led] == [peer.REPLICATE]

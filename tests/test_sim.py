@@ -328,6 +328,10 @@ STALE_READ_SEEDS = {
     # A node suspected while healthy served a read as the tail 50 ms later, not yet
     # told: the suspect now gets every push of news about its suspicion.
     1133: 7,
+    # Two unsynced members of a chain whose tail had the key: the one next to the
+    # tail led a REMOVE and answered "not found" from its own empty store. An
+    # unsynced node now leads no REMOVE; the client's retry comes after the pull.
+    1273: 8,
 }
 
 

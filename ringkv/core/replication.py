@@ -33,11 +33,15 @@ for it. A member that does not yet count the puller in the chain (its view
 is older, so it may still send writes around the puller) says so, and the
 slot is pulled from it again later. A node that held its slots all along
 and only may have missed writes (it was paused or suspected) asks just for
-what was stamped since. The head of a changed chain asks its new members to
-pull at once (a HANDOFF hint): a member still waiting to pull the slot then
-pulls it from every member without waiting out JOIN_DELAY. Pulls that may
-restore a missing copy go before settling pulls in the queue. After every view change, once views
-have had time to agree, each node pulls the slots whose chain changed once
+what was stamped since, and asks the node that stood in for it as well (its
+whole chain may have been away with it, as stale as it is); until then it
+answers no read that would end on it. An unsynced node leads no REMOVE:
+whether the key exists is known only once the slot is pulled. The head of a
+changed chain asks its new members to pull at once (a HANDOFF hint): a member
+still waiting to pull the slot then pulls it from every member without
+waiting out JOIN_DELAY. Pulls that may restore a missing copy go before
+settling pulls in the queue. After every view change, once views have had
+time to agree, each node pulls the slots whose chain changed once
 more, so a write that went around a node because of a late view still
 reaches it; and a node holding keys of slots it is no longer a member of
 asks the members to pull them (HANDOFF) and drops them only when every
@@ -142,6 +146,9 @@ class Replication:
         # for again while it waits is not asked for twice.
         self._queue: dict[tuple[int, bool, bool, int], set[int]] = {}
         self._unsynced: dict[int, set[int]] = {}  # slot -> sources still to answer
+        # Unsynced slots this node held before it was paused or suspected: their
+        # gating pull asks the stand-in that took its place meanwhile as well.
+        self._returning: set[int] = set()
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
         # The neighbour holds their outcome; this node's pull does not bring it.
@@ -171,6 +178,10 @@ class Replication:
         chain = self.ring.chain_at(slot, self.alive, self.replicas)
         is_read = request.command == Command.GET
         forward_to = self._route(slot, chain, is_read, hops)
+        if forward_to is None and is_read and slot in self._returning:
+            # Back from a pause or a suspicion with nobody before us to hand the read
+            # to: our copies may be old. The client's retry comes after the pull.
+            return []
         if not is_read and hops < MAX_HOPS + self.replicas:
             # A retry of a write this node handed on goes where its outcome is.
             forward_to = self._handed_on.get(message_id, (forward_to,))[0]
@@ -246,6 +257,8 @@ class Replication:
                 return [(encode_response(message_id, Err.NO_SPACE), client)]
             value: bytes | None = request.value
         else:
+            if slot in self._unsynced:
+                return []  # whether the key exists is known once the slot is pulled
             value = None
         # A remove of an absent key goes down the chain too: the tail must not
         # answer until earlier writes to the key, still on their way, are there.
@@ -348,7 +361,7 @@ class Replication:
         self._plan_settle(changed, now - LOOKBACK, now)
         for slot in list(self._unsynced):
             if slot not in self._my_slots:
-                del self._unsynced[slot]
+                self._synced(slot)
         self._mark_unsynced(gained, now)
         sends = self._hint_new_members(changed, old_alive)
         return sends + self._drop_transfers_from_departed(now)
@@ -410,10 +423,12 @@ class Replication:
             missed_since = -self.clock_offset  # wiped: everything is missing (stamp 0 on)
         self._plan_settle(self._my_slots, missed_since, now)
         self._mark_unsynced(self._my_slots, now, self._stamp_at(missed_since))
+        self._returning |= self._my_slots
 
     def on_suspected(self, now: float) -> None:
         """Others suspected this node and may have routed writes around it: re-pull."""
         self._mark_unsynced(self._my_slots, now, self._stamp_at(now - LOOKBACK))
+        self._returning |= self._my_slots
 
     def _mark_unsynced(self, slots: set[int], now: float, since: int = 0) -> None:
         """Stop serving these slots now; pull them once views have had time to agree.
@@ -422,6 +437,8 @@ class Replication:
         send around this node; JOIN_DELAY later most views agree, and the
         settling pull after the last change catches what still went around.
         """
+        if len(self.alive) < 2:
+            return  # nobody to pull from: nothing to wait for
         due = now + JOIN_DELAY
         unsynced, since_of = self._unsynced, self._since
         for slot in slots:
@@ -450,15 +467,31 @@ class Replication:
                 m for m in self.ring.chain_at(slot, self.alive, self.replicas) if m != self.index
             ]
             if gating:
+                if slot in self._returning:
+                    sources += self._stand_ins(slot, sources)
                 if sources:
                     self._unsynced[slot] = set(sources)
                 else:
-                    self._unsynced.pop(slot, None)
+                    self._synced(slot)
             for source in sources:
                 by_source.setdefault(source, []).append(slot)
         for source, source_slots in by_source.items():
             self._enqueue(source, source_slots, gating, since=since)
         return self._pump(now)
+
+    def _stand_ins(self, slot: int, sources: list[int]) -> list[int]:
+        """Who kept the slot in this node's place while it was away.
+
+        Its whole chain may have been away with it and be as stale as it is;
+        the chain without this node names the first node that stood in.
+        """
+        me = self.index
+        away = self.ring.chain_at(slot, self.alive - {me}, self.replicas)
+        return [m for m in away if m not in sources]
+
+    def _synced(self, slot: int) -> None:
+        self._unsynced.pop(slot, None)
+        self._returning.discard(slot)
 
     def _enqueue(
         self, source: int, slots: list[int], gating: bool, confirm: bool = False, since: int = 0
@@ -575,7 +608,7 @@ class Replication:
                 self._delegated.discard(slot)
                 self._deferred.setdefault(slot, now)
             else:
-                del self._unsynced[slot]
+                self._synced(slot)
         return []
 
     # -- time -------------------------------------------------------------------
@@ -643,7 +676,7 @@ class Replication:
             if waiting is not None and transfer.source in waiting:
                 waiting.discard(transfer.source)
                 if not waiting:
-                    del self._unsynced[slot]
+                    self._synced(slot)
 
     def _settle(self, now: float) -> list[Send]:
         """Views have had time to agree: pull changed slots again, hand off what is not ours."""

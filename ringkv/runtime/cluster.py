@@ -83,17 +83,24 @@ class LocalCluster:
         self.suspended.discard(index)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Wait until every running node answers a status query."""
+        """Wait until every running node answers a status query and serves all its slots.
+
+        A node pulls its slots from the others once views agree (about a second
+        after start); until then it may hold back a REMOVE, which needs to know
+        whether the key exists.
+        """
         deadline = time.monotonic() + timeout
         wanted = {i for i in self.procs if i not in self.suspended}
         while True:
-            answered = set(query_status(self.servers, only=wanted, timeout=0.3))
-            if wanted <= answered:
+            statuses = query_status(self.servers, only=wanted, timeout=0.3)
+            ready = {i for i, s in statuses.items() if not s.get("unsynced_slots")}
+            if wanted <= ready:
                 return
             self._check_exited()
             if time.monotonic() > deadline:
-                missing = sorted(wanted - answered)
-                raise TimeoutError(f"nodes {missing} did not answer within {timeout:.0f} s")
+                missing = sorted(wanted - ready)
+                raise TimeoutError(f"nodes {missing} were not ready within {timeout:.0f} s")
+            time.sleep(0.1)
 
     def _check_exited(self) -> None:
         for index, proc in self.procs.items():
