@@ -688,3 +688,32 @@ def test_an_unsynced_member_next_to_the_tail_leads_a_put_but_no_remove() -> None
     assert request(b"remove", Command.REMOVE) == []  # the client's retry comes after the pull
     led = request(b"put", Command.PUT, b"v")
     assert [peer.kind_of(data) for data, _ in led] == [peer.REPLICATE]
+
+
+def test_a_slot_regained_soon_after_a_pause_is_pulled_from_its_stand_in_too() -> None:
+    """A resumed node's view is old: a node it still counts alive may hide a slot
+    of its own for a moment. Regained soon after, that slot is as stale as the
+    others and must be pulled from the node that stood in for this one."""
+    node = _settled_replication(8)
+    everyone = frozenset(range(8))
+    ring = node.ring
+    # A slot whose chain has node 0 third, so that one more node alive before it
+    # (q, down now) pushes 0 out of the chain.
+    slot, q = next(
+        (s, ring.chain_at(s, everyone, 3)[2])
+        for s in range(ring.slots)
+        if ring.chain_at(s, everyone - {ring.chain_at(s, everyone, 3)[2]}, 3)[2] == 0
+        and ring.chain_at(s, everyone, 3)[2] != 0
+    )
+    without_q = everyone - {q}
+    node.on_view(without_q, 0.0)
+    node._unsynced.clear()
+    node._deferred.clear()
+    node.on_pause(gap=20.0, now=100.0)
+    node.on_view(everyone, 100.01)  # the old view: q looks alive, the slot not ours
+    assert slot not in node._unsynced
+    node.on_view(without_q, 100.2)  # q's death heard: the slot is ours again
+    node.on_tick(100.2 + 1.0)  # JOIN_DELAY later: the gating pull
+    stand_in = ring.chain_at(slot, without_q - {0}, 3)[2]
+    assert stand_in not in ring.chain_at(slot, without_q, 3)
+    assert stand_in in node._unsynced[slot]  # the slot waits for its answer too

@@ -146,9 +146,11 @@ class Replication:
         # for again while it waits is not asked for twice.
         self._queue: dict[tuple[int, bool, bool, int], set[int]] = {}
         self._unsynced: dict[int, set[int]] = {}  # slot -> sources still to answer
-        # Unsynced slots this node held before it was paused or suspected: their
-        # gating pull asks the stand-in that took its place meanwhile as well.
+        # Unsynced slots this node held before it was paused or suspected, or gained
+        # within LINGER of its return (its view was old: the slot may have looked
+        # like another's): their gating pull asks the stand-in that took its place.
         self._returning: set[int] = set()
+        self._returned_until = -math.inf
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
         # The neighbour holds their outcome; this node's pull does not bring it.
@@ -363,6 +365,8 @@ class Replication:
             if slot not in self._my_slots:
                 self._synced(slot)
         self._mark_unsynced(gained, now)
+        if now < self._returned_until:
+            self._returning |= gained
         sends = self._hint_new_members(changed, old_alive)
         return sends + self._drop_transfers_from_departed(now)
 
@@ -423,12 +427,16 @@ class Replication:
             missed_since = -self.clock_offset  # wiped: everything is missing (stamp 0 on)
         self._plan_settle(self._my_slots, missed_since, now)
         self._mark_unsynced(self._my_slots, now, self._stamp_at(missed_since))
-        self._returning |= self._my_slots
+        self._returned(now)
 
     def on_suspected(self, now: float) -> None:
         """Others suspected this node and may have routed writes around it: re-pull."""
         self._mark_unsynced(self._my_slots, now, self._stamp_at(now - LOOKBACK))
-        self._returning |= self._my_slots
+        self._returned(now)
+
+    def _returned(self, now: float) -> None:
+        self._returning |= set(self._unsynced)
+        self._returned_until = now + LINGER
 
     def _mark_unsynced(self, slots: set[int], now: float, since: int = 0) -> None:
         """Stop serving these slots now; pull them once views have had time to agree.
