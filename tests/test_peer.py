@@ -39,17 +39,17 @@ def test_sync_request_carries_the_requester_and_the_oldest_stamp_wanted() -> Non
     assert peer.decode_sync_request(data) == (77, 39, since, [5, 1000, 4095])
 
 
-def test_sync_done_lists_the_slots_that_leave_the_requester_out() -> None:
+def test_sync_done_lists_the_slots_that_leave_the_requester_out_and_those_unsure() -> None:
     entries = [(b"a", b"1", 1, 10), (b"b", None, 0, 11)]
-    batches = peer.encode_sync_batches(9, entries, [], strangers=[3, 8])
+    batches = peer.encode_sync_batches(9, entries, [], strangers=[3, 8], unsure=[8, 0, 4095])
     done = batches[-1]
     assert peer.kind_of(done) == peer.SYNC_DONE
     assert peer.decode_sync_head(done) == (9, len(batches) - 1)
-    assert peer.decode_sync_strangers(done) == [3, 8]
-    assert peer.decode_sync_strangers(peer.encode_sync_batches(9, [])[-1]) == []
+    assert peer.decode_sync_done(done) == ([3, 8], [8, 0, 4095])
+    assert peer.decode_sync_done(peer.encode_sync_batches(9, [])[-1]) == ([], [])
 
 
 def test_sync_done_with_a_torn_slot_list_is_a_decode_error() -> None:
     done = peer.encode_sync_batches(9, [], [], strangers=[3])[-1]
     with pytest.raises(PeerDecodeError):
-        peer.decode_sync_strangers(done[:-1])
+        peer.decode_sync_done(done[:-1])

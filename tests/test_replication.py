@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ringkv.core.node import Node
-from ringkv.core.replication import LOOKBACK, MAX_HOPS, Replication, _Transfer
+from ringkv.core.replication import LINGER, LOOKBACK, MAX_HOPS, Replication, _Transfer
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
@@ -65,10 +65,12 @@ def settle(sim: Simulator, limit: float = 40.0) -> None:
             replication = full_node(sim, i).replication
             if replication.unsynced_slots() or replication.transfers_in_progress():
                 return False
+            if replication._settle_at is not None:
+                return False  # the settling pull after the last change is still to come
         return True
 
     assert sim.run_until(quiet, limit), f"not settled within {limit} s at {sim.now:.2f}"
-    sim.run_for(3.0)  # the settling pull and handoffs after the last change
+    sim.run_for(3.0)  # the handoffs that the settling pull began
 
 
 def run_ops(
@@ -515,7 +517,7 @@ def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it
         source.storage.apply(key, b"v", 1, stamp, 0.0)
     everything = list(range(source.ring.slots))
     answer = source.on_sync_request(
-        peer.encode_sync_request(9, 0, missed_since, everything), ("x", 1)
+        peer.encode_sync_request(9, 0, missed_since, everything), ("x", 1), 100.0
     )
     sent = [entry for data, _ in answer[:-1] for entry in peer.decode_sync_entries(data)[0]]
     assert sorted(key for key, *_ in sent) == sorted(k for k, st in keys.items() if st == new)
@@ -615,7 +617,7 @@ def test_a_slot_marked_again_stays_unsynced_when_an_older_pull_ends(end: str) ->
     old_pull = _Transfer(source, [slot], gating=True, sent_at=0.0)
     node._unsynced[slot] = set()  # marked again: not pulled yet this round
     if end == "source died":
-        node._give_up_on(old_pull)
+        node._give_up_on(old_pull, 1.0)
     else:
         node._finish_transfer(old_pull, 1.0)
     assert slot in node._unsynced
@@ -717,3 +719,109 @@ def test_a_slot_regained_soon_after_a_pause_is_pulled_from_its_stand_in_too() ->
     stand_in = ring.chain_at(slot, without_q - {0}, 3)[2]
     assert stand_in not in ring.chain_at(slot, without_q, 3)
     assert stand_in in node._unsynced[slot]  # the slot waits for its answer too
+
+
+# --------------------------------------------- every copy of a chain away at once
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_chain_suspended_whole_is_held_not_read_as_absent(seed: int) -> None:
+    """Its stand-ins have no source: they must not answer "not found" for its keys.
+
+    They serve what was written since they stood in, hold back the rest (the
+    client times out) and let go once the chain is back.
+    """
+    sim = cluster(8, seed)
+    probe = Probe(sim)
+    old_key = b"old-key"
+    chain = chain_of(sim, old_key)
+    node = full_node(sim, chain[0])
+    slot = node.ring.slot_of(key_position(old_key))
+    new_key = next(
+        k for k in (b"new-%d" % i for i in range(100_000))
+        if node.ring.slot_of(key_position(k)) == slot
+    )  # fmt: skip
+    front = outsider(sim, chain)
+    assert probe.call(front, b"put-old", Command.PUT, old_key, b"old")[0] == ERR_OK
+    for member in chain:
+        sim.pause(member)
+    sim.run_for(8.0)  # declared dead: three stand-ins, none of which has the slot
+    stand_ins = chain_of(sim, old_key)
+    assert not set(stand_ins) & set(chain)
+    assert all(full_node(sim, i).replication.held_slots() for i in stand_ins)
+    assert probe.call(front, b"put-new", Command.PUT, new_key, b"new")[0] == ERR_OK
+    assert probe.call(front, b"get-new", Command.GET, new_key) == (ERR_OK, b"new")
+    for n, node_index in enumerate(sim.nodes_in(UP)):
+        probe.send(node_index, b"get-old-%d" % n, Command.GET, old_key)
+    sim.run_for(2.0)
+    answers = [
+        a for n in range(len(sim.nodes_in(UP))) for a in probe.replies.get(b"get-old-%d" % n, [])
+    ]
+    assert answers == [], "a stand-in answered for a key it never had"
+    for member in chain:
+        sim.resume(member)
+    settle(sim)
+    sim.run_for(12.0)  # every node back for LINGER: the holds end
+    assert probe.call(front, b"get-old-after", Command.GET, old_key) == (ERR_OK, b"old")
+    assert probe.call(front, b"get-new-after", Command.GET, new_key) == (ERR_OK, b"new")
+    assert not any(full_node(sim, i).replication.held_slots() for i in sim.nodes_in(UP))
+
+
+def test_a_held_slot_vouches_only_for_the_members_that_left_it() -> None:
+    """A holder's own copy (whole when it left) and ours (since) make the slot whole."""
+    node = _settled_replication(6)
+    slot = min(node._my_slots)
+    assert node._sure_for(slot, 4, 0.0)  # a member sure of its slot
+    node._orphaned[slot] = node._stamp_at(10.0)
+    node._holders[slot] = {4}
+    assert node._sure_for(slot, 4, 0.0)
+    assert not node._sure_for(slot, 5, 0.0)
+    node._unsynced[slot] = set()
+    assert node._sure_for(slot, 4, 0.0) and not node._sure_for(slot, 5, 0.0)
+    foreign = next(s for s in range(node.ring.slots) if s not in node._my_slots)
+    assert not node._sure_for(foreign, 4, 0.0)  # no member: only what came while it stood in
+
+
+def test_a_member_pushed_out_of_a_chain_stays_sure_of_it_for_linger() -> None:
+    """Writes still reach it that long: a returning member may count on its copy."""
+    node = _settled_replication(6)
+    everyone = frozenset(range(6))
+    node.on_view(everyone - {5}, 1.0)
+    node._unsynced.clear()  # the slots it gained are pulled, from members sure of them
+    node._deferred.clear()
+    node._holders.clear()
+    node.on_view(everyone, 2.0)  # 5 is back and pushes node 0 out of some chains
+    ring = node.ring
+    slot = next(
+        s for s in range(ring.slots)
+        if 0 in ring.chain_at(s, everyone - {5}, 3) and 0 not in ring.chain_at(s, everyone, 3)
+    )  # fmt: skip
+    assert node._sure_for(slot, 5, 2.0 + LINGER - 0.1)
+    assert not node._sure_for(slot, 5, 2.0 + LINGER + 0.1)
+
+
+def test_a_member_reading_for_the_tail_exposes_no_write_the_tail_lacks() -> None:
+    """Views differ and a read lands on the head after MAX_HOPS: it must not answer
+    with a write still on its way down, or a later read at the tail goes back."""
+    node = _settled_replication(6)
+    slot = next(s for s in node._my_slots if node.ring.chain_at(s, node.alive, 3)[0] == 0)
+    key = next(
+        k
+        for k in (b"k%d" % i for i in range(100_000))
+        if node.ring.slot_of(key_position(k)) == slot
+    )
+    client = ("client", 1)
+
+    def read(message_id: bytes) -> list[Any]:
+        data = encode_request(message_id, Command.GET, key, b"")
+        kv = KVRequest(command=Command.GET, key=key)
+        return node.on_key_request(message_id, kv, data, client, MAX_HOPS, 1.0)
+
+    assert len(read(b"before")) == 1  # nothing in flight: the head may answer
+    put = KVRequest(command=Command.PUT, key=key, value=b"new")
+    node.on_key_request(
+        b"put", put, encode_request(b"put", Command.PUT, key, b"new"), client, 0, 1.0
+    )
+    assert read(b"during") == []  # the write is on its way down: no answer
+    node.on_ack(peer.encode_ack(b"put"))
+    assert len(read(b"after")) == 1

@@ -332,6 +332,10 @@ STALE_READ_SEEDS = {
     # tail led a REMOVE and answered "not found" from its own empty store. An
     # unsynced node now leads no REMOVE; the client's retry comes after the pull.
     1273: 8,
+    # Views differed after a restart: a read reached the head after MAX_HOPS and got
+    # a write still on its way down; the tail then served the older value. A member
+    # not the tail now answers no read of a key with a write in flight.
+    1227: 15,
 }
 
 

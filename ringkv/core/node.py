@@ -216,6 +216,7 @@ class Node:
             "roles": self.replication.roles(now),
             "transfers": self.replication.transfers_in_progress(),
             "unsynced_slots": self.replication.unsynced_slots(),
+            "held_slots": self.replication.held_slots(),
             "transfers_done": self.replication.stats.transfers_done,
             "transfers_retried": self.replication.stats.transfers_retried,
             "stored_bytes": self.storage.used,
@@ -255,7 +256,7 @@ class Node:
                 replication.on_ack(data)
                 return []
             if kind == peer.SYNC_REQUEST:
-                return replication.on_sync_request(data, src)
+                return replication.on_sync_request(data, src, now)
             if kind == peer.SYNC_DATA:
                 return replication.on_sync_data(data, now)
             if kind == peer.SYNC_DONE:

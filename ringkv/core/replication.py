@@ -15,9 +15,11 @@ meant it for (its targets), so a member with a different view cannot end it
 early; for LINGER seconds after a node returns, the live node it pushed out
 of a chain (which may still think itself the tail) gets every write as well;
 the tail never leads a write (it would expose it before the others have
-it), only a member of the key's chain serves a read, and a node whose ticks
-ran late serves none as the tail until a member has sent it the current view
-(`in_doubt`: the others may have suspected it and routed writes around it).
+it), only a member of the key's chain serves a read (and one that is not the
+tail in its view none of a key with a write still on its way down), and a
+node whose ticks ran late serves none as the tail until a member has sent it
+the current view (`in_doubt`: the others may have suspected it and routed
+writes around it).
 
 Stamps order writes per key across the cluster: a hybrid logical clock
 (wall-clock microseconds, never behind the key's last stamp) in the high
@@ -46,6 +48,18 @@ more, so a write that went around a node because of a late view still
 reaches it; and a node holding keys of slots it is no longer a member of
 asks the members to pull them (HANDOFF) and drops them only when every
 member has confirmed.
+
+A source says which of the requested slots it is not sure of: it is still
+pulling them, holds them, or is no member of them. A node whose pull got
+no answer from a source sure of the slot (every copy of it was away at
+once, say three suspended together) *holds* the slot: it serves what was
+written since it took the slot over, and neither reads nor removes older
+keys, which get no answer, so the client times out rather than reading a
+key as absent or old. It records the members that left the chain while it
+was unsure of the slot; their own copies and its own make the slot whole, so
+it answers such a returning member as sure. A held slot is pulled in full
+every ORPHAN_RETRY; it is released by the answer of a member sure of it, or,
+once every node has been back for LINGER, by the answers of all members.
 """
 
 from __future__ import annotations
@@ -83,6 +97,7 @@ LINGER = 10.0  # seconds a live node pushed out of a chain still gets its writes
 # them, less this margin: longer than a write can stay in flight (GIVE_UP_AFTER)
 # plus failure detection, and hosts' clocks must agree to better than it.
 LOOKBACK = 60.0
+ORPHAN_RETRY = 1.0  # seconds between asks of the chain for a held slot
 _STAMP_NODE_BITS = 12
 
 
@@ -104,6 +119,8 @@ class _Transfer:
     received: set[int] = field(default_factory=set)
     expected: int | None = None
     strangers: list[int] = field(default_factory=list)  # slots the source leaves us out of
+    unsure: list[int] = field(default_factory=list)  # slots the source may lack writes of
+    asked_at: float = 0.0  # when requested
 
 
 @dataclass
@@ -151,6 +168,25 @@ class Replication:
         # like another's): their gating pull asks the stand-in that took its place.
         self._returning: set[int] = set()
         self._returned_until = -math.inf
+        self._marked_at: dict[int, float] = {}  # unsynced slot -> when it was marked
+        # Unsynced slots marked on start (a fresh process: nothing was written before
+        # the cluster had it), and those that a source sure of them has answered for.
+        self._fresh: set[int] = set()
+        self._answered: set[int] = set()
+        # Held slots: no source was sure of them (every copy was away at once). A key
+        # stamped before the floor is neither read nor removed here until a member
+        # that is sure of the slot answers a full pull: slot -> floor stamp.
+        self._orphaned: dict[int, int] = {}
+        self._orphan_check_at: float | None = None
+        # Unsure slots -> the members that left their chain meanwhile: the last to
+        # have the slot whole. Their own copies and ours together are whole again.
+        self._holders: dict[int, set[int]] = {}
+        self._held_until: dict[int, float] = {}  # slots held when they stopped being ours
+        # Since when every node has been alive in our view (None: not now), and the
+        # members that answered a full pull of a held slot asked LINGER after that.
+        self._whole_since: float | None = None
+        self._release: dict[int, set[int]] = {}
+        self._left_sure: dict[int, float] = {}  # slots we were sure of until pushed out
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
         # The neighbour holds their outcome; this node's pull does not bring it.
@@ -180,10 +216,6 @@ class Replication:
         chain = self.ring.chain_at(slot, self.alive, self.replicas)
         is_read = request.command == Command.GET
         forward_to = self._route(slot, chain, is_read, hops)
-        if forward_to is None and is_read and slot in self._returning:
-            # Back from a pause or a suspicion with nobody before us to hand the read
-            # to: our copies may be old. The client's retry comes after the pull.
-            return []
         if not is_read and hops < MAX_HOPS + self.replicas:
             # A retry of a write this node handed on goes where its outcome is.
             forward_to = self._handed_on.get(message_id, (forward_to,))[0]
@@ -199,6 +231,8 @@ class Replication:
                 return []
             return [(peer.encode_forward(client, data, hops + 1), self.servers[fallback])]
         if is_read:
+            if self._may_be_old(slot, key) or self._uncommitted(chain, key):
+                return []  # no answer: the client's retry comes after the pull
             return [(self._read(message_id, key), client)]
         return self._lead_write(message_id, request, client, slot, chain, now)
 
@@ -236,6 +270,13 @@ class Replication:
             return self.index in chain
         return len(chain) < 2 or chain[-1] != self.index
 
+    def _uncommitted(self, chain: tuple[int, ...], key: bytes) -> bool:
+        """Would a read here, not at the tail (views differ), expose a write that the
+        tail has not acknowledged? A later read at the tail could then go back."""
+        if chain[-1] == self.index or not self._pending:
+            return False
+        return any(p.write.key == key for p in self._pending.values())
+
     def _read(self, message_id: bytes, key: bytes) -> bytes:
         entry = self.storage.get(key)
         if entry is None:
@@ -259,7 +300,7 @@ class Replication:
                 return [(encode_response(message_id, Err.NO_SPACE), client)]
             value: bytes | None = request.value
         else:
-            if slot in self._unsynced:
+            if slot in self._unsynced or self._holds(slot, key):
                 return []  # whether the key exists is known once the slot is pulled
             value = None
         # A remove of an absent key goes down the chain too: the tail must not
@@ -354,6 +395,7 @@ class Replication:
             self._former_views.append((now + LINGER, old_alive))
         old_slots, self._my_slots = self._my_slots, self._slots_of_mine(alive)
         gained = self._my_slots - old_slots
+        self._note_left_sure(old_slots - self._my_slots, now)
         ring, r = self.ring, self.replicas
         changed = {
             s
@@ -367,8 +409,18 @@ class Replication:
         self._mark_unsynced(gained, now)
         if now < self._returned_until:
             self._returning |= gained
+        self._note_holders(old_alive, now)
+        self._whole_since = now if len(alive) == len(self.servers) else None
         sends = self._hint_new_members(changed, old_alive)
         return sends + self._drop_transfers_from_departed(now)
+
+    def _note_left_sure(self, lost: set[int], now: float) -> None:
+        left = self._left_sure
+        for slot in [s for s, until in left.items() if until <= now or s in self._my_slots]:
+            del left[slot]
+        for slot in lost:
+            if slot not in self._unsynced and slot not in self._orphaned:
+                left[slot] = now + LINGER
 
     def _drop_transfers_from_departed(self, now: float) -> list[Send]:
         """Free the places of transfers from nodes that left the view.
@@ -382,7 +434,7 @@ class Replication:
         for request_id in departed:
             transfer = self._transfers.pop(request_id)
             if transfer.gating:
-                self._give_up_on(transfer)
+                self._give_up_on(transfer, now)
         return self._pump(now)
 
     def _hint_new_members(self, changed: set[int], old_alive: frozenset[int]) -> list[Send]:
@@ -418,6 +470,7 @@ class Replication:
     def on_start(self, now: float) -> None:
         """A new process may replace one that crashed: pull every slot before serving it."""
         self._mark_unsynced(self._my_slots, now)
+        self._fresh |= set(self._unsynced)
 
     def on_pause(self, gap: float, now: float) -> None:
         """This node was stopped: nothing it holds can be trusted until pulled again."""
@@ -438,6 +491,34 @@ class Replication:
         self._returning |= set(self._unsynced)
         self._returned_until = now + LINGER
 
+    def _note_holders(self, old_alive: frozenset[int], now: float) -> None:
+        """Record who left the chains of slots we are not sure of; let go of holds
+        on slots no longer ours after LINGER (returning holders may ask us)."""
+        ring, alive, r = self.ring, self.alive, self.replicas
+        unsure = {s for s in self._unsynced if s not in self._fresh} | set(self._orphaned)
+        # Just back, our view is old: who it loses now left long ago.
+        stale_view = now < self._returned_until
+        for slot in unsure:
+            if slot not in self._my_slots:
+                self._held_until.setdefault(slot, now + LINGER)
+                continue
+            self._held_until.pop(slot, None)
+            if stale_view:
+                continue
+            gone = {m for m in ring.chain_at(slot, old_alive, r) if m not in alive}
+            if gone:
+                self._holders.setdefault(slot, set()).update(gone)
+        self._expire_holds(now)
+
+    def _expire_holds(self, now: float) -> None:
+        for slot, until in list(self._held_until.items()):
+            if until <= now:
+                del self._held_until[slot]
+                if slot not in self._my_slots:
+                    self._orphaned.pop(slot, None)
+                    self._holders.pop(slot, None)
+                    self._release.pop(slot, None)
+
     def _mark_unsynced(self, slots: set[int], now: float, since: int = 0) -> None:
         """Stop serving these slots now; pull them once views have had time to agree.
 
@@ -455,6 +536,9 @@ class Replication:
             else:
                 unsynced[slot] = set()
                 since_of[slot] = since
+                self._marked_at[slot] = now
+                if slot not in self._orphaned:
+                    self._holders.pop(slot, None)  # from an earlier spell of doubt
             self._deferred.setdefault(slot, due)
 
     def _pull_deferred(self, now: float) -> list[Send]:
@@ -488,18 +572,57 @@ class Replication:
         return self._pump(now)
 
     def _stand_ins(self, slot: int, sources: list[int]) -> list[int]:
-        """Who kept the slot in this node's place while it was away.
+        """Who may have kept the slot in this node's place while it was away.
 
-        Its whole chain may have been away with it and be as stale as it is;
-        the chain without this node names the first node that stood in.
+        Its whole chain may have been away with it and be as stale as it is:
+        the next R live nodes after the chain stood in for up to R members.
         """
-        me = self.index
-        away = self.ring.chain_at(slot, self.alive - {me}, self.replicas)
-        return [m for m in away if m not in sources]
+        me, r = self.index, self.replicas
+        away = self.ring.chain_at(slot, self.alive, 2 * r)
+        return [m for m in away if m not in sources and m != me]
 
     def _synced(self, slot: int) -> None:
         self._unsynced.pop(slot, None)
         self._returning.discard(slot)
+        self._fresh.discard(slot)
+        self._answered.discard(slot)
+        self._marked_at.pop(slot, None)
+
+    def _pulled(self, slot: int, now: float) -> None:
+        """Every source answered or left: serve the slot, held if none was sure of it.
+
+        Every copy of it was away at once (suspended, say): the keys this node
+        lacks may be on nodes that come back. Reading them as absent would be
+        a lie, so until a member sure of the slot answers, keys stamped before
+        the slot came here get no answer (the client times out) and only what
+        was written since is served.
+        """
+        orphan = slot not in self._fresh and slot not in self._answered
+        floor = self._stamp_at(self._marked_at.get(slot, now))
+        self._synced(slot)
+        if orphan:
+            self._orphaned[slot] = min(floor, self._orphaned.get(slot, floor))
+            if self._orphan_check_at is None:
+                self._orphan_check_at = now + ORPHAN_RETRY
+        else:
+            self._orphaned.pop(slot, None)
+            self._holders.pop(slot, None)
+
+    def _holds(self, slot: int, key: bytes) -> bool:
+        floor = self._orphaned.get(slot)
+        return floor is not None and self.storage.stamp_of(key) < floor
+
+    def _may_be_old(self, slot: int, key: bytes) -> bool:
+        """May our copy of the key be older than a write some client was told of?
+
+        Asked of a read about to be served here. While unsynced, a read ends
+        here only if nobody before us in the chain can take it: every member
+        is pulling the slot. That is safe on a fresh start (nothing was written
+        before), not on a return from a pause or a suspicion, nor on a slot
+        gained because its members left; nor is a held slot's older key.
+        """
+        unsure = slot in self._unsynced and slot not in self._fresh
+        return unsure or self._holds(slot, key)
 
     def _enqueue(
         self, source: int, slots: list[int], gating: bool, confirm: bool = False, since: int = 0
@@ -519,10 +642,10 @@ class Replication:
             transfer = _Transfer(source, chunk, gating, 0.0, confirm, since)
             if transfer.source not in self.alive:
                 if transfer.gating:
-                    self._give_up_on(transfer)
+                    self._give_up_on(transfer, now)
                 continue
             request_id = next(self._request_ids)
-            transfer.sent_at = now
+            transfer.sent_at = transfer.asked_at = now
             self._transfers[request_id] = transfer
             request = peer.encode_sync_request(request_id, self.index, since, transfer.slots)
             sends.append((request, self.servers[transfer.source]))
@@ -544,7 +667,7 @@ class Replication:
 
     # -- transfer: serving and receiving ------------------------------------------
 
-    def on_sync_request(self, data: bytes, src: Addr) -> list[Send]:
+    def on_sync_request(self, data: bytes, src: Addr, now: float) -> list[Send]:
         request_id, requester, since, slots = peer.decode_sync_request(data)
         wanted = set(slots)
         entries = [
@@ -555,8 +678,24 @@ class Replication:
         outcomes = self.replies.outcomes_in(wanted)
         chain_at, alive, r = self.ring.chain_at, self.alive, self.replicas
         strangers = [s for s in slots if requester not in chain_at(s, alive, r)]
-        batches = peer.encode_sync_batches(request_id, entries, outcomes, strangers)
+        unsure = [s for s in slots if not self._sure_for(s, requester, now)]
+        batches = peer.encode_sync_batches(request_id, entries, outcomes, strangers, unsure)
         return [(batch, src) for batch in batches]
+
+    def _sure_for(self, slot: int, requester: int, now: float) -> bool:
+        """Does our copy of the slot, with the requester's own, hold every write?
+
+        Not if we are still pulling it or hold it -- unless the requester is
+        one of the members that left while we were unsure of it: it had the
+        slot whole until it left, and we have had it since. Nor if we are no
+        member of it, unless we were one, sure of it, until less than LINGER
+        ago (writes still come to us that long).
+        """
+        if requester in self._holders.get(slot, ()):
+            return True
+        if slot in self._unsynced or slot in self._orphaned:
+            return False
+        return slot in self._my_slots or self._left_sure.get(slot, -math.inf) > now
 
     def on_sync_data(self, data: bytes, now: float) -> list[Send]:
         request_id, number = peer.decode_sync_head(data)
@@ -579,7 +718,7 @@ class Replication:
         if transfer is None:
             return []
         transfer.expected = count
-        transfer.strangers = peer.decode_sync_strangers(data)
+        transfer.strangers, transfer.unsure = peer.decode_sync_done(data)
         return self._maybe_complete(request_id, transfer, now)
 
     def _maybe_complete(self, request_id: int, transfer: _Transfer, now: float) -> list[Send]:
@@ -595,8 +734,10 @@ class Replication:
             confirm = peer.encode_slots(peer.SYNC_CONFIRM, self.index, transfer.slots)
             return [(confirm, self.servers[transfer.source])]
         if not transfer.gating:
+            if transfer.since == 0 and self._orphaned:
+                self._end_holds(transfer)
             return []
-        strangers = set(transfer.strangers)
+        strangers, unsure = set(transfer.strangers), set(transfer.unsure)
         for slot in transfer.slots:
             waiting = self._unsynced.get(slot)
             if waiting is None:
@@ -608,6 +749,8 @@ class Replication:
             if transfer.source not in waiting:
                 continue  # a pull from before the slot was marked again: not this round's
             waiting.discard(transfer.source)
+            if slot not in unsure:
+                self._answered.add(slot)
             if waiting:
                 continue
             if slot in self._delegated:
@@ -616,8 +759,35 @@ class Replication:
                 self._delegated.discard(slot)
                 self._deferred.setdefault(slot, now)
             else:
-                self._synced(slot)
+                self._pulled(slot, now)
         return []
+
+    def _end_holds(self, transfer: _Transfer) -> None:
+        """A full pull answered by a member sure of the slot, or by one that left
+        its chain while we were unsure of it: our copy is whole now.
+
+        Or every node is back and has been for LINGER (pulls of returning nodes
+        and handoffs of stand-ins done): once every other member has answered a
+        full pull asked since, the copies of the whole chain are in ours.
+        """
+        doubtful = {*transfer.strangers, *transfer.unsure}
+        whole = self._whole_since is not None and transfer.asked_at >= self._whole_since + LINGER
+        for slot in transfer.slots:
+            if slot not in self._orphaned:
+                continue
+            if slot not in doubtful or transfer.source in self._holders.get(slot, ()):
+                self._end_hold(slot)  # sure, or had the slot whole when it left
+            elif whole:
+                answered = self._release.setdefault(slot, set())
+                answered.add(transfer.source)
+                members = self.ring.chain_at(slot, self.alive, self.replicas)
+                if all(m in answered for m in members if m != self.index):
+                    self._end_hold(slot)
+
+    def _end_hold(self, slot: int) -> None:
+        del self._orphaned[slot]
+        self._holders.pop(slot, None)
+        self._release.pop(slot, None)
 
     # -- time -------------------------------------------------------------------
 
@@ -630,7 +800,16 @@ class Replication:
         if self._settle_at is not None and now >= self._settle_at:
             sends.extend(self._settle(now))
         sends.extend(self._hint_handoffs(now))
+        if self._orphan_check_at is not None and now >= self._orphan_check_at:
+            sends.extend(self._ask_about_holds(now))
         return sends
+
+    def _ask_about_holds(self, now: float) -> list[Send]:
+        """Pull held slots in full again: a member sure of one ends its hold."""
+        self._expire_holds(now)
+        held = set(self._orphaned) & self._my_slots
+        self._orphan_check_at = now + ORPHAN_RETRY if self._orphaned else None
+        return self._pull(held, now, gating=False, since=0) if held else []
 
     def next_due(self, now: float) -> float:
         """When on_tick next has work: `now` while anything waits on a timer, else never.
@@ -640,6 +819,7 @@ class Replication:
         if (
             self._pending or self._transfers or self._queue or self._deferred
             or self._handed_on or self._settle_at is not None or self._handoff_at is not None
+            or self._orphan_check_at is not None
         ):  # fmt: skip
             return now
         return math.inf
@@ -670,10 +850,10 @@ class Replication:
                     transfer.since,
                 )  # fmt: skip
             elif transfer.gating:
-                self._give_up_on(transfer)
+                self._give_up_on(transfer, now)
         return self._pump(now)
 
-    def _give_up_on(self, transfer: _Transfer) -> None:
+    def _give_up_on(self, transfer: _Transfer, now: float) -> None:
         """The source died: the slot is as complete as the remaining members make it.
 
         Only a pull of the current round counts: a slot marked unsynced again
@@ -684,7 +864,7 @@ class Replication:
             if waiting is not None and transfer.source in waiting:
                 waiting.discard(transfer.source)
                 if not waiting:
-                    self._synced(slot)
+                    self._pulled(slot, now)
 
     def _settle(self, now: float) -> list[Send]:
         """Views have had time to agree: pull changed slots again, hand off what is not ours."""
@@ -780,6 +960,10 @@ class Replication:
 
     def unsynced_slots(self) -> int:
         return len(self._unsynced)
+
+    def held_slots(self) -> int:
+        """Slots of ours whose older keys get no answer (see `_pulled`)."""
+        return len(self._my_slots.intersection(self._orphaned))
 
 
 def _neighbour(chain: tuple[int, ...], me: int, before: bool) -> int | None:

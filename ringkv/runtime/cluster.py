@@ -87,13 +87,17 @@ class LocalCluster:
 
         A node pulls its slots from the others once views agree (about a second
         after start); until then it may hold back a REMOVE, which needs to know
-        whether the key exists.
+        whether the key exists, and a slot whose sources were still pulling it
+        is held until one of them is sure of it.
         """
         deadline = time.monotonic() + timeout
         wanted = {i for i in self.procs if i not in self.suspended}
         while True:
             statuses = query_status(self.servers, only=wanted, timeout=0.3)
-            ready = {i for i, s in statuses.items() if not s.get("unsynced_slots")}
+            ready = {
+                i for i, s in statuses.items()
+                if not s.get("unsynced_slots") and not s.get("held_slots")
+            }  # fmt: skip
             if wanted <= ready:
                 return
             self._check_exited()

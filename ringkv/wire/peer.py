@@ -172,6 +172,7 @@ def decode_ack(data: bytes) -> bytes:
 
 _SYNC_HEAD = struct.Struct("!2sBIH")  # magic, kind, request id, count / batch number
 _ENTRY_HEAD = struct.Struct("!BBQiH")  # key length, kind, stamp, version, value length
+_UNSURE = 1 << 31  # a SYNC_DONE slot with this bit set: the source is unsure of it
 
 TransferEntry = tuple[bytes, bytes | None, int, int]  # key, value (None: removed), version, stamp
 Outcome = tuple[bytes, int, int]  # message ID, error code, slot: at-most-once travels too
@@ -212,12 +213,15 @@ def encode_sync_batches(
     entries: list[TransferEntry],
     outcomes: list[Outcome] = (),  # type: ignore[assignment]
     strangers: list[int] = (),  # type: ignore[assignment]
+    unsure: list[int] = (),  # type: ignore[assignment]
 ) -> list[bytes]:
     """SYNC_DATA datagrams numbered 0.. followed by SYNC_DONE with their count.
 
     SYNC_DONE also lists the requested slots whose chain, as the source sees
     it, does not have the requester in it (yet): the source may still send
-    writes of those around the requester.
+    writes of those around the requester; and, flagged by the top bit, the
+    slots the source may lack writes of itself (it is still pulling them, or
+    nobody it could pull them from had them).
     """
     batches: list[bytes] = []
     parts: list[bytes] = []
@@ -237,7 +241,8 @@ def encode_sync_batches(
     if parts:
         batches.append(_batch(request_id, len(batches), parts))
     done = _SYNC_HEAD.pack(MAGIC, SYNC_DONE, request_id, len(batches))
-    batches.append(done + struct.pack(f"!{len(strangers)}I", *strangers))
+    slots = [*strangers, *(slot | _UNSURE for slot in unsure)]
+    batches.append(done + struct.pack(f"!{len(slots)}I", *slots))
     return batches
 
 
@@ -254,12 +259,16 @@ def decode_sync_head(data: bytes) -> tuple[int, int]:
     return request_id, number
 
 
-def decode_sync_strangers(data: bytes) -> list[int]:
-    """The slots of a SYNC_DONE whose chain at the source leaves the requester out."""
+def decode_sync_done(data: bytes) -> tuple[list[int], list[int]]:
+    """A SYNC_DONE's slots: (those whose chain at the source leaves the requester
+    out, those the source is unsure of)."""
     body = data[_SYNC_HEAD.size :]
     if len(body) % 4:
         raise PeerDecodeError("bad SYNC_DONE")
-    return list(struct.unpack(f"!{len(body) // 4}I", body))
+    slots = struct.unpack(f"!{len(body) // 4}I", body)
+    strangers = [slot for slot in slots if not slot & _UNSURE]
+    unsure = [slot & ~_UNSURE for slot in slots if slot & _UNSURE]
+    return strangers, unsure
 
 
 def decode_sync_entries(data: bytes) -> tuple[list[TransferEntry], list[Outcome]]:
