@@ -41,15 +41,19 @@ def test_sync_request_carries_the_requester_and_the_oldest_stamp_wanted() -> Non
 
 def test_sync_done_lists_the_slots_that_leave_the_requester_out_and_those_unsure() -> None:
     entries = [(b"a", b"1", 1, 10), (b"b", None, 0, 11)]
-    batches = peer.encode_sync_batches(9, entries, [], strangers=[3, 8], unsure=[8, 0, 4095])
+    unsure = {8: 1 << 60, 0: 0, 4095: 7}  # slot -> the stamp from which on all is there
+    batches = peer.encode_sync_batches(9, entries, [], strangers=[3, 8], unsure=unsure)
     done = batches[-1]
     assert peer.kind_of(done) == peer.SYNC_DONE
     assert peer.decode_sync_head(done) == (9, len(batches) - 1)
-    assert peer.decode_sync_done(done) == ([3, 8], [8, 0, 4095])
-    assert peer.decode_sync_done(peer.encode_sync_batches(9, [])[-1]) == ([], [])
+    assert peer.decode_sync_done(done) == ([3, 8], unsure)
+    assert peer.decode_sync_done(peer.encode_sync_batches(9, [])[-1]) == ([], {})
 
 
 def test_sync_done_with_a_torn_slot_list_is_a_decode_error() -> None:
-    done = peer.encode_sync_batches(9, [], [], strangers=[3])[-1]
-    with pytest.raises(PeerDecodeError):
-        peer.decode_sync_done(done[:-1])
+    for done in (
+        peer.encode_sync_batches(9, [], [], strangers=[3])[-1],
+        peer.encode_sync_batches(9, [], [], unsure={3: 5})[-1],
+    ):
+        with pytest.raises(PeerDecodeError):
+            peer.decode_sync_done(done[:-1])

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from ringkv.core.node import Node
-from ringkv.core.replication import LINGER, LOOKBACK, MAX_HOPS, Replication, _Transfer
+from ringkv.core.replication import (
+    LINGER,
+    LOOKBACK,
+    MAX_HOPS,
+    NO_FLOOR,
+    Replication,
+    _Transfer,
+)
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
@@ -768,18 +775,25 @@ def test_a_chain_suspended_whole_is_held_not_read_as_absent(seed: int) -> None:
 
 
 def test_a_held_slot_vouches_only_for_the_members_that_left_it() -> None:
-    """A holder's own copy (whole when it left) and ours (since) make the slot whole."""
+    """A holder's own copy (whole when it left) and ours (since) make the slot whole.
+
+    To anyone else it gives the stamp from which on it has every write.
+    """
     node = _settled_replication(6)
     slot = min(node._my_slots)
-    assert node._sure_for(slot, 4, 0.0)  # a member sure of its slot
-    node._orphaned[slot] = node._stamp_at(10.0)
+    assert node._floor_for(slot, 4, 0.0) == 0  # a member sure of its slot
+    floor = node._stamp_at(10.0)
+    node._orphaned[slot] = floor
     node._holders[slot] = {4}
-    assert node._sure_for(slot, 4, 0.0)
-    assert not node._sure_for(slot, 5, 0.0)
-    node._unsynced[slot] = set()
-    assert node._sure_for(slot, 4, 0.0) and not node._sure_for(slot, 5, 0.0)
+    assert node._floor_for(slot, 4, 0.0) == 0
+    assert node._floor_for(slot, 5, 0.0) == floor
+    del node._orphaned[slot]
+    node._unsynced[slot] = set()  # pulling it since t = 20: every write since came here
+    node._marked_at[slot] = 20.0
+    assert node._floor_for(slot, 4, 30.0) == 0
+    assert node._floor_for(slot, 5, 30.0) == node._stamp_at(20.0)
     foreign = next(s for s in range(node.ring.slots) if s not in node._my_slots)
-    assert not node._sure_for(foreign, 4, 0.0)  # no member: only what came while it stood in
+    assert node._floor_for(foreign, 4, 0.0) == NO_FLOOR  # only what came while it stood in
 
 
 def test_a_member_pushed_out_of_a_chain_stays_sure_of_it_for_linger() -> None:
@@ -796,8 +810,8 @@ def test_a_member_pushed_out_of_a_chain_stays_sure_of_it_for_linger() -> None:
         s for s in range(ring.slots)
         if 0 in ring.chain_at(s, everyone - {5}, 3) and 0 not in ring.chain_at(s, everyone, 3)
     )  # fmt: skip
-    assert node._sure_for(slot, 5, 2.0 + LINGER - 0.1)
-    assert not node._sure_for(slot, 5, 2.0 + LINGER + 0.1)
+    assert node._floor_for(slot, 5, 2.0 + LINGER - 0.1) == 0
+    assert node._floor_for(slot, 5, 2.0 + LINGER + 0.1) == NO_FLOOR
 
 
 def test_a_member_reading_for_the_tail_exposes_no_write_the_tail_lacks() -> None:

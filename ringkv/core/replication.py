@@ -98,6 +98,7 @@ LINGER = 10.0  # seconds a live node pushed out of a chain still gets its writes
 # plus failure detection, and hosts' clocks must agree to better than it.
 LOOKBACK = 60.0
 ORPHAN_RETRY = 1.0  # seconds between asks of the chain for a held slot
+NO_FLOOR = (1 << 64) - 1  # a floor stamp: not even the latest write is sure to be here
 _STAMP_NODE_BITS = 12
 
 
@@ -119,7 +120,8 @@ class _Transfer:
     received: set[int] = field(default_factory=set)
     expected: int | None = None
     strangers: list[int] = field(default_factory=list)  # slots the source leaves us out of
-    unsure: list[int] = field(default_factory=list)  # slots the source may lack writes of
+    # Slots the source may lack writes of -> the stamp from which on it has every write.
+    unsure: dict[int, int] = field(default_factory=dict)
     asked_at: float = 0.0  # when requested
 
 
@@ -173,6 +175,7 @@ class Replication:
         # the cluster had it), and those that a source sure of them has answered for.
         self._fresh: set[int] = set()
         self._answered: set[int] = set()
+        self._best_floor: dict[int, int] = {}  # unsynced slot -> lowest floor a source gave
         # Held slots: no source was sure of them (every copy was away at once). A key
         # stamped before the floor is neither read nor removed here until a member
         # that is sure of the slot answers a full pull: slot -> floor stamp.
@@ -587,6 +590,7 @@ class Replication:
         self._fresh.discard(slot)
         self._answered.discard(slot)
         self._marked_at.pop(slot, None)
+        self._best_floor.pop(slot, None)
 
     def _pulled(self, slot: int, now: float) -> None:
         """Every source answered or left: serve the slot, held if none was sure of it.
@@ -598,7 +602,9 @@ class Replication:
         was written since is served.
         """
         orphan = slot not in self._fresh and slot not in self._answered
-        floor = self._stamp_at(self._marked_at.get(slot, now))
+        # We have every write since we joined the chain, and all a source had.
+        joined = self._stamp_at(self._marked_at.get(slot, now))
+        floor = min(joined, self._best_floor.get(slot, NO_FLOOR))
         self._synced(slot)
         if orphan:
             self._orphaned[slot] = min(floor, self._orphaned.get(slot, floor))
@@ -678,24 +684,30 @@ class Replication:
         outcomes = self.replies.outcomes_in(wanted)
         chain_at, alive, r = self.ring.chain_at, self.alive, self.replicas
         strangers = [s for s in slots if requester not in chain_at(s, alive, r)]
-        unsure = [s for s in slots if not self._sure_for(s, requester, now)]
+        unsure = {s: f for s in slots if (f := self._floor_for(s, requester, now))}
         batches = peer.encode_sync_batches(request_id, entries, outcomes, strangers, unsure)
         return [(batch, src) for batch in batches]
 
-    def _sure_for(self, slot: int, requester: int, now: float) -> bool:
-        """Does our copy of the slot, with the requester's own, hold every write?
+    def _floor_for(self, slot: int, requester: int, now: float) -> int:
+        """The stamp from which on our copy of the slot has every write: 0 if
+        it is whole, at least with the requester's own copy.
 
-        Not if we are still pulling it or hold it -- unless the requester is
-        one of the members that left while we were unsure of it: it had the
-        slot whole until it left, and we have had it since. Nor if we are no
-        member of it, unless we were one, sure of it, until less than LINGER
-        ago (writes still come to us that long).
+        Not whole if we are still pulling it (every write since we joined its
+        chain came to us) or hold it -- unless the requester is one of the
+        members that left while we were unsure of it: it had the slot whole
+        until it left, and we have had it since. Nor if we are no member of
+        it, unless we were one, sure of it, until less than LINGER ago
+        (writes still come to us that long).
         """
         if requester in self._holders.get(slot, ()):
-            return True
-        if slot in self._unsynced or slot in self._orphaned:
-            return False
-        return slot in self._my_slots or self._left_sure.get(slot, -math.inf) > now
+            return 0
+        if slot in self._orphaned:
+            return self._orphaned[slot]
+        if slot in self._unsynced:
+            return self._stamp_at(self._marked_at.get(slot, now)) or 1
+        if slot in self._my_slots or self._left_sure.get(slot, -math.inf) > now:
+            return 0
+        return NO_FLOOR
 
     def on_sync_data(self, data: bytes, now: float) -> list[Send]:
         request_id, number = peer.decode_sync_head(data)
@@ -751,6 +763,9 @@ class Replication:
             waiting.discard(transfer.source)
             if slot not in unsure:
                 self._answered.add(slot)
+            else:
+                floor = self._best_floor.get(slot, NO_FLOOR)
+                self._best_floor[slot] = min(floor, transfer.unsure[slot])
             if waiting:
                 continue
             if slot in self._delegated:
@@ -777,7 +792,11 @@ class Replication:
                 continue
             if slot not in doubtful or transfer.source in self._holders.get(slot, ()):
                 self._end_hold(slot)  # sure, or had the slot whole when it left
-            elif whole:
+                continue
+            if slot in transfer.unsure and slot not in transfer.strangers:
+                # Everything the source has is ours now, and it has all from its floor.
+                self._orphaned[slot] = min(self._orphaned[slot], transfer.unsure[slot])
+            if whole:
                 answered = self._release.setdefault(slot, set())
                 answered.add(transfer.source)
                 members = self.ring.chain_at(slot, self.alive, self.replicas)

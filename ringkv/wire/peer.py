@@ -173,6 +173,7 @@ def decode_ack(data: bytes) -> bytes:
 _SYNC_HEAD = struct.Struct("!2sBIH")  # magic, kind, request id, count / batch number
 _ENTRY_HEAD = struct.Struct("!BBQiH")  # key length, kind, stamp, version, value length
 _UNSURE = 1 << 31  # a SYNC_DONE slot with this bit set: the source is unsure of it
+_FLOOR = struct.Struct("!Q")  # ... and the stamp from which on it has every write
 
 TransferEntry = tuple[bytes, bytes | None, int, int]  # key, value (None: removed), version, stamp
 Outcome = tuple[bytes, int, int]  # message ID, error code, slot: at-most-once travels too
@@ -213,7 +214,7 @@ def encode_sync_batches(
     entries: list[TransferEntry],
     outcomes: list[Outcome] = (),  # type: ignore[assignment]
     strangers: list[int] = (),  # type: ignore[assignment]
-    unsure: list[int] = (),  # type: ignore[assignment]
+    unsure: dict[int, int] | None = None,
 ) -> list[bytes]:
     """SYNC_DATA datagrams numbered 0.. followed by SYNC_DONE with their count.
 
@@ -221,7 +222,8 @@ def encode_sync_batches(
     it, does not have the requester in it (yet): the source may still send
     writes of those around the requester; and, flagged by the top bit, the
     slots the source may lack writes of itself (it is still pulling them, or
-    nobody it could pull them from had them).
+    nobody it could pull them from had them), each with the stamp from which
+    on it has every write.
     """
     batches: list[bytes] = []
     parts: list[bytes] = []
@@ -241,8 +243,10 @@ def encode_sync_batches(
     if parts:
         batches.append(_batch(request_id, len(batches), parts))
     done = _SYNC_HEAD.pack(MAGIC, SYNC_DONE, request_id, len(batches))
-    slots = [*strangers, *(slot | _UNSURE for slot in unsure)]
-    batches.append(done + struct.pack(f"!{len(slots)}I", *slots))
+    parts = [struct.pack(f"!{len(strangers)}I", *strangers)]
+    for slot, floor in (unsure or {}).items():
+        parts.append(struct.pack("!I", slot | _UNSURE) + _FLOOR.pack(floor))
+    batches.append(done + b"".join(parts))
     return batches
 
 
@@ -259,15 +263,23 @@ def decode_sync_head(data: bytes) -> tuple[int, int]:
     return request_id, number
 
 
-def decode_sync_done(data: bytes) -> tuple[list[int], list[int]]:
+def decode_sync_done(data: bytes) -> tuple[list[int], dict[int, int]]:
     """A SYNC_DONE's slots: (those whose chain at the source leaves the requester
-    out, those the source is unsure of)."""
-    body = data[_SYNC_HEAD.size :]
-    if len(body) % 4:
-        raise PeerDecodeError("bad SYNC_DONE")
-    slots = struct.unpack(f"!{len(body) // 4}I", body)
-    strangers = [slot for slot in slots if not slot & _UNSURE]
-    unsure = [slot & ~_UNSURE for slot in slots if slot & _UNSURE]
+    out, those the source is unsure of -> the stamp from which on it has all)."""
+    strangers: list[int] = []
+    unsure: dict[int, int] = {}
+    pos = _SYNC_HEAD.size
+    try:
+        while pos < len(data):
+            (slot,) = struct.unpack_from("!I", data, pos)
+            pos += 4
+            if slot & _UNSURE:
+                unsure[slot & ~_UNSURE] = _FLOOR.unpack_from(data, pos)[0]
+                pos += _FLOOR.size
+            else:
+                strangers.append(slot)
+    except struct.error as exc:
+        raise PeerDecodeError("bad SYNC_DONE") from exc
     return strangers, unsure
 
 
