@@ -418,6 +418,7 @@ class Replication:
         return sends + self._drop_transfers_from_departed(now)
 
     def _note_left_sure(self, lost: set[int], now: float) -> None:
+        """Slots we were sure of and are pushed out of: still sure for LINGER."""
         left = self._left_sure
         for slot in [s for s, until in left.items() if until <= now or s in self._my_slots]:
             del left[slot]
@@ -491,6 +492,7 @@ class Replication:
         self._returned(now)
 
     def _returned(self, now: float) -> None:
+        """Back from a pause or a suspicion: pull from stand-ins too, for LINGER."""
         self._returning |= set(self._unsynced)
         self._returned_until = now + LINGER
 
