@@ -172,10 +172,10 @@ class Replication:
         self._returned_until = -math.inf
         self._marked_at: dict[int, float] = {}  # unsynced slot -> when it was marked
         # Unsynced slots marked on start (a fresh process: nothing was written before
-        # the cluster had it), and those that a source sure of them has answered for.
+        # the cluster had it), and the lowest floor a source gave for each unsynced
+        # slot (0: a source sure of it answered).
         self._fresh: set[int] = set()
-        self._answered: set[int] = set()
-        self._best_floor: dict[int, int] = {}  # unsynced slot -> lowest floor a source gave
+        self._best_floor: dict[int, int] = {}
         # Held slots: no source was sure of them (every copy was away at once). A key
         # stamped before the floor is neither read nor removed here until a member
         # that is sure of the slot answers a full pull: slot -> floor stamp.
@@ -590,7 +590,6 @@ class Replication:
         self._unsynced.pop(slot, None)
         self._returning.discard(slot)
         self._fresh.discard(slot)
-        self._answered.discard(slot)
         self._marked_at.pop(slot, None)
         self._best_floor.pop(slot, None)
 
@@ -603,10 +602,10 @@ class Replication:
         the slot came here get no answer (the client times out) and only what
         was written since is served.
         """
-        orphan = slot not in self._fresh and slot not in self._answered
+        best = self._best_floor.get(slot, NO_FLOOR)
+        orphan = slot not in self._fresh and best != 0
         # We have every write since we joined the chain, and all a source had.
-        joined = self._stamp_at(self._marked_at.get(slot, now))
-        floor = min(joined, self._best_floor.get(slot, NO_FLOOR))
+        floor = min(self._stamp_at(self._marked_at.get(slot, now)), best)
         self._synced(slot)
         if orphan:
             self._orphaned[slot] = min(floor, self._orphaned.get(slot, floor))
@@ -751,7 +750,7 @@ class Replication:
             if transfer.since == 0 and self._orphaned:
                 self._end_holds(transfer)
             return []
-        strangers, unsure = set(transfer.strangers), set(transfer.unsure)
+        strangers = set(transfer.strangers)
         for slot in transfer.slots:
             waiting = self._unsynced.get(slot)
             if waiting is None:
@@ -763,11 +762,8 @@ class Replication:
             if transfer.source not in waiting:
                 continue  # a pull from before the slot was marked again: not this round's
             waiting.discard(transfer.source)
-            if slot not in unsure:
-                self._answered.add(slot)
-            else:
-                floor = self._best_floor.get(slot, NO_FLOOR)
-                self._best_floor[slot] = min(floor, transfer.unsure[slot])
+            floor = transfer.unsure.get(slot, 0)  # 0: the source is sure of it
+            self._best_floor[slot] = min(self._best_floor.get(slot, NO_FLOOR), floor)
             if waiting:
                 continue
             if slot in self._delegated:
