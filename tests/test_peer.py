@@ -42,12 +42,13 @@ def test_sync_request_carries_the_requester_and_the_oldest_stamp_wanted() -> Non
 def test_sync_done_lists_the_slots_that_leave_the_requester_out_and_those_unsure() -> None:
     entries = [(b"a", b"1", 1, 10), (b"b", None, 0, 11)]
     unsure = {8: 1 << 60, 0: 0, 4095: 7}  # slot -> the stamp from which on all is there
-    batches = peer.encode_sync_batches(9, entries, [], strangers=[3, 8], unsure=unsure)
+    vouched = {0, 4095}  # of those, the ones the requester left while the source was unsure
+    batches = peer.encode_sync_batches(9, entries, [], [3, 8], unsure, vouched)
     done = batches[-1]
     assert peer.kind_of(done) == peer.SYNC_DONE
     assert peer.decode_sync_head(done) == (9, len(batches) - 1)
-    assert peer.decode_sync_done(done) == ([3, 8], unsure)
-    assert peer.decode_sync_done(peer.encode_sync_batches(9, [])[-1]) == ([], {})
+    assert peer.decode_sync_done(done) == ([3, 8], unsure, vouched)
+    assert peer.decode_sync_done(peer.encode_sync_batches(9, [])[-1]) == ([], {}, set())
 
 
 def test_sync_done_with_a_torn_slot_list_is_a_decode_error() -> None:

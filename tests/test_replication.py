@@ -774,26 +774,57 @@ def test_a_chain_suspended_whole_is_held_not_read_as_absent(seed: int) -> None:
     assert not any(full_node(sim, i).replication.held_slots() for i in sim.nodes_in(UP))
 
 
-def test_a_held_slot_vouches_only_for_the_members_that_left_it() -> None:
-    """A holder's own copy (whole when it left) and ours (since) make the slot whole.
+def _sync_done(node: Replication, requester: int, slot: int, now: float) -> Any:
+    request = peer.encode_sync_request(1, requester, 0, [slot])
+    return peer.decode_sync_done(node.on_sync_request(request, ("peer", 1), now)[-1][0])
 
-    To anyone else it gives the stamp from which on it has every write.
+
+def test_a_held_slot_vouches_only_for_the_members_that_left_it() -> None:
+    """A holder's own copy (from when it left) and ours (since) are whole together,
+    if the holder's was: we give it our floor and vouch for it.
+
+    To anyone else we give the stamp from which on we have every write.
     """
     node = _settled_replication(6)
     slot = min(node._my_slots)
-    assert node._floor_for(slot, 4, 0.0) == 0  # a member sure of its slot
+    holder, other = (m for m in node.ring.chain_at(slot, node.alive, 3) if m != 0)
+    assert _sync_done(node, holder, slot, 0.0) == ([], {}, set())  # a member sure of its slot
     floor = node._stamp_at(10.0)
     node._orphaned[slot] = floor
-    node._holders[slot] = {4}
-    assert node._floor_for(slot, 4, 0.0) == 0
-    assert node._floor_for(slot, 5, 0.0) == floor
+    node._holders[slot] = {holder}
+    assert _sync_done(node, holder, slot, 0.0) == ([], {slot: floor}, {slot})
+    assert _sync_done(node, other, slot, 0.0) == ([], {slot: floor}, set())
     del node._orphaned[slot]
     node._unsynced[slot] = set()  # pulling it since t = 20: every write since came here
     node._marked_at[slot] = 20.0
-    assert node._floor_for(slot, 4, 30.0) == 0
-    assert node._floor_for(slot, 5, 30.0) == node._stamp_at(20.0)
+    assert _sync_done(node, holder, slot, 30.0) == ([], {slot: node._stamp_at(20.0)}, {slot})
+    assert _sync_done(node, other, slot, 30.0) == ([], {slot: node._stamp_at(20.0)}, set())
     foreign = next(s for s in range(node.ring.slots) if s not in node._my_slots)
     assert node._floor_for(foreign, 4, 0.0) == NO_FLOOR  # only what came while it stood in
+
+
+def test_a_vouch_lowers_a_returning_holders_own_hold_to_its_floor() -> None:
+    """Vouched for, a node sure of the slot when it left is whole again; one that
+    held it then has every write only from its own hold's floor on."""
+    node = _settled_replication(6)
+    slot = min(node._my_slots)
+    theirs, ours = node._stamp_at(30.0), node._stamp_at(10.0)
+    vouch = _Transfer(4, [slot], gating=True, sent_at=0.0, unsure={slot: theirs}, vouched={slot})
+    assert node._floor_with(vouch, slot) == 0
+    node._orphaned[slot] = ours
+    assert node._floor_with(vouch, slot) == ours
+    plain = _Transfer(4, [slot], gating=True, sent_at=0.0, unsure={slot: theirs})
+    assert node._floor_with(plain, slot) == theirs
+
+
+def test_a_node_keeps_the_doubt_it_left_with_as_a_hold() -> None:
+    """Paused while it still pulled a slot: on its return the slot is held from
+    the stamp at which it began pulling, so a vouch cannot make it whole."""
+    node = _settled_replication(6)
+    slot = min(node._my_slots)
+    node._mark_unsynced({slot}, 5.0)
+    node.on_pause(2.0, 20.0)
+    assert node._orphaned == {slot: node._stamp_at(5.0)}
 
 
 def test_a_member_pushed_out_of_a_chain_stays_sure_of_it_for_linger() -> None:
@@ -839,3 +870,37 @@ def test_a_member_reading_for_the_tail_exposes_no_write_the_tail_lacks() -> None
     assert read(b"during") == []  # the write is on its way down: no answer
     node.on_ack(peer.encode_ack(b"put"))
     assert len(read(b"after")) == 1
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_holder_that_left_unsure_is_not_vouched_whole_on_its_return(seed: int) -> None:
+    """A stand-in that held the slot when it was suspended comes back: the others'
+    copy since it left and its own do not make the slot whole, so the key that
+    none of them has must still get no answer, not "not found"."""
+    sim = cluster(10, seed)
+    probe = Probe(sim)
+    old_key = b"old-key"
+    chain = chain_of(sim, old_key)
+    front = next(i for i in sim.nodes_in(UP) if i not in chain)
+    assert probe.call(front, b"put-old", Command.PUT, old_key, b"old")[0] == ERR_OK
+    for member in chain:
+        sim.pause(member)
+    sim.run_for(8.0)  # three stand-ins, none sure of the slot: they hold it
+    stand_ins = chain_of(sim, old_key)
+    holder = stand_ins[0]
+    assert full_node(sim, holder).replication.held_slots()
+    sim.pause(holder)
+    sim.run_for(8.0)  # the other two record it as having left their chain
+    sim.resume(holder)
+    sim.run_for(15.0)  # back in the chain, pulled, and past LINGER
+    assert holder in chain_of(sim, old_key)
+    front = next(i for i in sim.nodes_in(UP) if i not in chain_of(sim, old_key))
+    for n in range(4):
+        probe.send(front, b"get-old-%d" % n, Command.GET, old_key)
+        sim.run_for(1.0)
+    answers = [a for n in range(4) for a in probe.replies.get(b"get-old-%d" % n, [])]
+    assert answers == [], f"seed {seed}: the key was read as {answers}"
+    for member in chain:
+        sim.resume(member)
+    settle(sim)
+    assert probe.call(front, b"get-old-after", Command.GET, old_key) == (ERR_OK, b"old")

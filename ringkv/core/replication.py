@@ -56,10 +56,13 @@ once, say three suspended together) *holds* the slot: it serves what was
 written since it took the slot over, and neither reads nor removes older
 keys, which get no answer, so the client times out rather than reading a
 key as absent or old. It records the members that left the chain while it
-was unsure of the slot; their own copies and its own make the slot whole, so
-it answers such a returning member as sure. A held slot is pulled in full
-every ORPHAN_RETRY; it is released by the answer of a member sure of it, or,
-once every node has been back for LINGER, by the answers of all members.
+was unsure of the slot, and vouches for them when they return: their copy
+from when they left and its own are whole together -- if theirs was. A node
+back from a pause or a suspicion therefore keeps, as a hold, the doubt it had
+of a slot when it left, and a vouch only lowers that hold to the floor of its
+own copy. A held slot is pulled in full every ORPHAN_RETRY; it is released by
+the answer of a member sure of it, or, once every node has been back for
+LINGER, by the answers of all members.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ class _Transfer:
     strangers: list[int] = field(default_factory=list)  # slots the source leaves us out of
     # Slots the source may lack writes of -> the stamp from which on it has every write.
     unsure: dict[int, int] = field(default_factory=dict)
+    vouched: set[int] = field(default_factory=set)  # of those, the source vouches for us
     asked_at: float = 0.0  # when requested
 
 
@@ -182,7 +186,7 @@ class Replication:
         self._orphaned: dict[int, int] = {}
         self._orphan_check_at: float | None = None
         # Unsure slots -> the members that left their chain meanwhile: the last to
-        # have the slot whole. Their own copies and ours together are whole again.
+        # have the slot, whole if they were sure of it. We vouch for them.
         self._holders: dict[int, set[int]] = {}
         self._held_until: dict[int, float] = {}  # slots held when they stopped being ours
         # Since when every node has been alive in our view (None: not now), and the
@@ -479,7 +483,9 @@ class Replication:
     def on_pause(self, gap: float, now: float) -> None:
         """This node was stopped: nothing it holds can be trusted until pulled again."""
         missed_since = now - gap - LOOKBACK
-        if gap > TOMBSTONE_TTL:
+        wiped = gap > TOMBSTONE_TTL
+        self._keep_doubts(now, wiped)
+        if wiped:
             self.storage.wipe()  # its tombstones may be gone elsewhere: old copies must go
             missed_since = -self.clock_offset  # wiped: everything is missing (stamp 0 on)
         self._plan_settle(self._my_slots, missed_since, now)
@@ -488,8 +494,22 @@ class Replication:
 
     def on_suspected(self, now: float) -> None:
         """Others suspected this node and may have routed writes around it: re-pull."""
+        self._keep_doubts(now)
         self._mark_unsynced(self._my_slots, now, self._stamp_at(now - LOOKBACK))
         self._returned(now)
+
+    def _keep_doubts(self, now: float, wiped: bool = False) -> None:
+        """Others count this node as gone: a slot it was not sure of becomes a hold.
+
+        A node that was unsure of a slot when it left may be vouched for on its
+        return (see _holders): with the hold's floor, the vouch makes the slot
+        whole only from there on. A wiped store has nothing: no floor at all.
+        """
+        for slot in self._my_slots if wiped else ():
+            self._orphaned[slot] = NO_FLOOR
+        for slot, marked_at in self._marked_at.items():
+            if slot not in self._fresh and slot not in self._orphaned:
+                self._orphaned[slot] = self._stamp_at(marked_at) or 1
 
     def _returned(self, now: float) -> None:
         """Back from a pause or a suspicion: pull from stand-ins too, for LINGER."""
@@ -686,22 +706,22 @@ class Replication:
         chain_at, alive, r = self.ring.chain_at, self.alive, self.replicas
         strangers = [s for s in slots if requester not in chain_at(s, alive, r)]
         unsure = {s: f for s in slots if (f := self._floor_for(s, requester, now))}
-        batches = peer.encode_sync_batches(request_id, entries, outcomes, strangers, unsure)
+        # It left the chain while we were unsure: its copy until then, ours since.
+        vouched = {s for s in unsure if requester in self._holders.get(s, ())}
+        batches = peer.encode_sync_batches(
+            request_id, entries, outcomes, strangers, unsure, vouched
+        )
         return [(batch, src) for batch in batches]
 
     def _floor_for(self, slot: int, requester: int, now: float) -> int:
         """The stamp from which on our copy of the slot has every write: 0 if
-        it is whole, at least with the requester's own copy.
+        it is whole.
 
         Not whole if we are still pulling it (every write since we joined its
-        chain came to us) or hold it -- unless the requester is one of the
-        members that left while we were unsure of it: it had the slot whole
-        until it left, and we have had it since. Nor if we are no member of
-        it, unless we were one, sure of it, until less than LINGER ago
-        (writes still come to us that long).
+        chain came to us) or hold it. Nor if we are no member of it, unless we
+        were one, sure of it, until less than LINGER ago (writes still come to
+        us that long).
         """
-        if requester in self._holders.get(slot, ()):
-            return 0
         if slot in self._orphaned:
             return self._orphaned[slot]
         if slot in self._unsynced:
@@ -731,7 +751,7 @@ class Replication:
         if transfer is None:
             return []
         transfer.expected = count
-        transfer.strangers, transfer.unsure = peer.decode_sync_done(data)
+        transfer.strangers, transfer.unsure, transfer.vouched = peer.decode_sync_done(data)
         return self._maybe_complete(request_id, transfer, now)
 
     def _maybe_complete(self, request_id: int, transfer: _Transfer, now: float) -> list[Send]:
@@ -762,7 +782,7 @@ class Replication:
             if transfer.source not in waiting:
                 continue  # a pull from before the slot was marked again: not this round's
             waiting.discard(transfer.source)
-            floor = transfer.unsure.get(slot, 0)  # 0: the source is sure of it
+            floor = self._floor_with(transfer, slot)
             self._best_floor[slot] = min(self._best_floor.get(slot, NO_FLOOR), floor)
             if waiting:
                 continue
@@ -775,25 +795,38 @@ class Replication:
                 self._pulled(slot, now)
         return []
 
+    def _floor_with(self, transfer: _Transfer, slot: int) -> int:
+        """The stamp from which on the source's copy of the slot and ours together
+        have every write (0: the source is sure of it).
+
+        If it vouches for us, we had the slot until we left, from the floor of
+        the hold we kept (0: we were sure of it), and it has had it since.
+        """
+        floor = transfer.unsure.get(slot, 0)
+        if slot in transfer.vouched:
+            floor = min(floor, self._orphaned.get(slot, 0))
+        return floor
+
     def _end_holds(self, transfer: _Transfer) -> None:
-        """A full pull answered by a member sure of the slot, or by one that left
-        its chain while we were unsure of it: our copy is whole now.
+        """A full pull answered by a member sure of the slot, or one that vouches
+        for our copy (sure when we left): our copy is whole now.
 
         Or every node is back and has been for LINGER (pulls of returning nodes
         and handoffs of stand-ins done): once every other member has answered a
         full pull asked since, the copies of the whole chain are in ours.
         """
-        doubtful = {*transfer.strangers, *transfer.unsure}
+        strangers = set(transfer.strangers)
         whole = self._whole_since is not None and transfer.asked_at >= self._whole_since + LINGER
         for slot in transfer.slots:
             if slot not in self._orphaned:
                 continue
-            if slot not in doubtful or transfer.source in self._holders.get(slot, ()):
-                self._end_hold(slot)  # sure, or had the slot whole when it left
-                continue
-            if slot in transfer.unsure and slot not in transfer.strangers:
+            if slot not in strangers:
                 # Everything the source has is ours now, and it has all from its floor.
-                self._orphaned[slot] = min(self._orphaned[slot], transfer.unsure[slot])
+                floor = self._floor_with(transfer, slot)
+                if floor == 0:
+                    self._end_hold(slot)
+                    continue
+                self._orphaned[slot] = min(self._orphaned[slot], floor)
             if whole:
                 answered = self._release.setdefault(slot, set())
                 answered.add(transfer.source)

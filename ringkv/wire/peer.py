@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Collection
 from typing import Any
 
 MAGIC = b"RK"
@@ -174,6 +175,10 @@ _SYNC_HEAD = struct.Struct("!2sBIH")  # magic, kind, request id, count / batch n
 _ENTRY_HEAD = struct.Struct("!BBQiH")  # key length, kind, stamp, version, value length
 _UNSURE = 1 << 31  # a SYNC_DONE slot with this bit set: the source is unsure of it
 _FLOOR = struct.Struct("!Q")  # ... and the stamp from which on it has every write
+# ... and, with this bit too, the requester left the slot's chain while the source
+# was unsure of it: the requester's own copy from then and the source's are whole
+# together, if the requester's was whole when it left.
+_VOUCHED = 1 << 30
 
 TransferEntry = tuple[bytes, bytes | None, int, int]  # key, value (None: removed), version, stamp
 Outcome = tuple[bytes, int, int]  # message ID, error code, slot: at-most-once travels too
@@ -215,6 +220,7 @@ def encode_sync_batches(
     outcomes: list[Outcome] = (),  # type: ignore[assignment]
     strangers: list[int] = (),  # type: ignore[assignment]
     unsure: dict[int, int] | None = None,
+    vouched: Collection[int] = (),
 ) -> list[bytes]:
     """SYNC_DATA datagrams numbered 0.. followed by SYNC_DONE with their count.
 
@@ -223,7 +229,7 @@ def encode_sync_batches(
     writes of those around the requester; and, flagged by the top bit, the
     slots the source may lack writes of itself (it is still pulling them, or
     nobody it could pull them from had them), each with the stamp from which
-    on it has every write.
+    on it has every write, and which of those it vouches for (see _VOUCHED).
     """
     batches: list[bytes] = []
     parts: list[bytes] = []
@@ -245,7 +251,8 @@ def encode_sync_batches(
     done = _SYNC_HEAD.pack(MAGIC, SYNC_DONE, request_id, len(batches))
     parts = [struct.pack(f"!{len(strangers)}I", *strangers)]
     for slot, floor in (unsure or {}).items():
-        parts.append(struct.pack("!I", slot | _UNSURE) + _FLOOR.pack(floor))
+        flags = _UNSURE | (_VOUCHED if slot in vouched else 0)
+        parts.append(struct.pack("!I", slot | flags) + _FLOOR.pack(floor))
     batches.append(done + b"".join(parts))
     return batches
 
@@ -263,24 +270,28 @@ def decode_sync_head(data: bytes) -> tuple[int, int]:
     return request_id, number
 
 
-def decode_sync_done(data: bytes) -> tuple[list[int], dict[int, int]]:
+def decode_sync_done(data: bytes) -> tuple[list[int], dict[int, int], set[int]]:
     """A SYNC_DONE's slots: (those whose chain at the source leaves the requester
-    out, those the source is unsure of -> the stamp from which on it has all)."""
+    out, those the source is unsure of -> the stamp from which on it has all,
+    those of these it vouches for)."""
     strangers: list[int] = []
     unsure: dict[int, int] = {}
+    vouched: set[int] = set()
     pos = _SYNC_HEAD.size
     try:
         while pos < len(data):
             (slot,) = struct.unpack_from("!I", data, pos)
             pos += 4
             if slot & _UNSURE:
-                unsure[slot & ~_UNSURE] = _FLOOR.unpack_from(data, pos)[0]
+                unsure[slot & ~(_UNSURE | _VOUCHED)] = _FLOOR.unpack_from(data, pos)[0]
                 pos += _FLOOR.size
+                if slot & _VOUCHED:
+                    vouched.add(slot & ~(_UNSURE | _VOUCHED))
             else:
                 strangers.append(slot)
     except struct.error as exc:
         raise PeerDecodeError("bad SYNC_DONE") from exc
-    return strangers, unsure
+    return strangers, unsure, vouched
 
 
 def decode_sync_entries(data: bytes) -> tuple[list[TransferEntry], list[Outcome]]:
