@@ -57,12 +57,14 @@ written since it took the slot over, and neither reads nor removes older
 keys, which get no answer, so the client times out rather than reading a
 key as absent or old. It records the members that left the chain while it
 was unsure of the slot, and vouches for them when they return: their copy
-from when they left and its own are whole together -- if theirs was. A node
-back from a pause or a suspicion therefore keeps, as a hold, the doubt it had
-of a slot when it left, and a vouch only lowers that hold to the floor of its
-own copy. A held slot is pulled in full every ORPHAN_RETRY; it is released by
-the answer of a member sure of it, or, once every node has been back for
-LINGER, by the answers of all members.
+from when they left and its own are whole together -- if theirs was. So a
+node that leaves (paused, suspected) notes from which stamp on it had every
+write of each slot, and a vouch makes the slot whole from there on only; its
+copies have a gap from then on, so its holds and vouches end, and each slot
+is held or not again by what its pull on return finds. A held slot is pulled
+in full every ORPHAN_RETRY; it is released by the answer of a member sure of
+it, or, once every node has been back for LINGER, by the answers of all
+members.
 """
 
 from __future__ import annotations
@@ -194,6 +196,9 @@ class Replication:
         self._whole_since: float | None = None
         self._release: dict[int, set[int]] = {}
         self._left_sure: dict[int, float] = {}  # slots we were sure of until pushed out
+        # When we last left (paused, suspected): our slots -> the stamp from which on
+        # we had every write of each, up to then. A vouch counts on it.
+        self._left_floors: dict[int, int] = {}
         self._delegated: set[int] = set()  # unsynced slots whose writes went to a neighbour
         # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
         # The neighbour holds their outcome; this node's pull does not bring it.
@@ -484,7 +489,7 @@ class Replication:
         """This node was stopped: nothing it holds can be trusted until pulled again."""
         missed_since = now - gap - LOOKBACK
         wiped = gap > TOMBSTONE_TTL
-        self._keep_doubts(now, wiped)
+        self._note_departure(now, wiped)
         if wiped:
             self.storage.wipe()  # its tombstones may be gone elsewhere: old copies must go
             missed_since = -self.clock_offset  # wiped: everything is missing (stamp 0 on)
@@ -494,22 +499,28 @@ class Replication:
 
     def on_suspected(self, now: float) -> None:
         """Others suspected this node and may have routed writes around it: re-pull."""
-        self._keep_doubts(now)
+        self._note_departure(now)
         self._mark_unsynced(self._my_slots, now, self._stamp_at(now - LOOKBACK))
         self._returned(now)
 
-    def _keep_doubts(self, now: float, wiped: bool = False) -> None:
-        """Others count this node as gone: a slot it was not sure of becomes a hold.
+    def _note_departure(self, now: float, wiped: bool = False) -> None:
+        """Others count this node as gone: note how whole its copy of each slot was.
 
-        A node that was unsure of a slot when it left may be vouched for on its
-        return (see _holders): with the hold's floor, the vouch makes the slot
-        whole only from there on. A wiped store has nothing: no floor at all.
+        A node may be vouched for on its return (see _holders): the vouch makes
+        a slot whole only from the floor of the node's own copy on -- 0 for a
+        slot it had whole when it left, the floor of a hold or of a pull under
+        way, none for a slot it did not have (the others counted it a member
+        before it knew) or a wiped store. Its copies have a gap from when it
+        left: its holds say nothing of now, and it vouches for nobody.
         """
-        for slot in self._my_slots if wiped else ():
-            self._orphaned[slot] = NO_FLOOR
-        for slot, marked_at in self._marked_at.items():
-            if slot not in self._fresh and slot not in self._orphaned:
-                self._orphaned[slot] = self._stamp_at(marked_at) or 1
+        mine: set[int] = set() if wiped else self._my_slots
+        self._left_floors = {slot: self._floor_for(slot, now) for slot in mine}
+        for slot in self._unsynced:
+            self._marked_at[slot] = now  # every write comes here again from now on only
+        self._orphaned.clear()
+        self._holders.clear()
+        self._release.clear()
+        self._left_sure.clear()
 
     def _returned(self, now: float) -> None:
         """Back from a pause or a suspicion: pull from stand-ins too, for LINGER."""
@@ -624,11 +635,12 @@ class Replication:
         """
         best = self._best_floor.get(slot, NO_FLOOR)
         orphan = slot not in self._fresh and best != 0
-        # We have every write since we joined the chain, and all a source had.
+        # We have every write since we joined the chain, and all a source had. What
+        # we held before we left is whole only up to then: a vouch counted it in.
         floor = min(self._stamp_at(self._marked_at.get(slot, now)), best)
         self._synced(slot)
         if orphan:
-            self._orphaned[slot] = min(floor, self._orphaned.get(slot, floor))
+            self._orphaned[slot] = floor
             if self._orphan_check_at is None:
                 self._orphan_check_at = now + ORPHAN_RETRY
         else:
@@ -705,7 +717,7 @@ class Replication:
         outcomes = self.replies.outcomes_in(wanted)
         chain_at, alive, r = self.ring.chain_at, self.alive, self.replicas
         strangers = [s for s in slots if requester not in chain_at(s, alive, r)]
-        unsure = {s: f for s in slots if (f := self._floor_for(s, requester, now))}
+        unsure = {s: f for s in slots if (f := self._floor_for(s, now))}
         # It left the chain while we were unsure: its copy until then, ours since.
         vouched = {s for s in unsure if requester in self._holders.get(s, ())}
         batches = peer.encode_sync_batches(
@@ -713,7 +725,7 @@ class Replication:
         )
         return [(batch, src) for batch in batches]
 
-    def _floor_for(self, slot: int, requester: int, now: float) -> int:
+    def _floor_for(self, slot: int, now: float) -> int:
         """The stamp from which on our copy of the slot has every write: 0 if
         it is whole.
 
@@ -722,10 +734,10 @@ class Replication:
         were one, sure of it, until less than LINGER ago (writes still come to
         us that long).
         """
-        if slot in self._orphaned:
-            return self._orphaned[slot]
         if slot in self._unsynced:
             return self._stamp_at(self._marked_at.get(slot, now)) or 1
+        if slot in self._orphaned:
+            return self._orphaned[slot]
         if slot in self._my_slots or self._left_sure.get(slot, -math.inf) > now:
             return 0
         return NO_FLOOR
@@ -800,11 +812,12 @@ class Replication:
         have every write (0: the source is sure of it).
 
         If it vouches for us, we had the slot until we left, from the floor of
-        the hold we kept (0: we were sure of it), and it has had it since.
+        the hold we kept (0: we were sure of it; none: we did not have it), and
+        it has had it since.
         """
         floor = transfer.unsure.get(slot, 0)
         if slot in transfer.vouched:
-            floor = min(floor, self._orphaned.get(slot, 0))
+            floor = min(floor, self._left_floors.get(slot, NO_FLOOR))
         return floor
 
     def _end_holds(self, transfer: _Transfer) -> None:
