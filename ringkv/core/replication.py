@@ -551,9 +551,7 @@ class Replication:
             if until <= now:
                 del self._held_until[slot]
                 if slot not in self._my_slots:
-                    self._orphaned.pop(slot, None)
-                    self._holders.pop(slot, None)
-                    self._release.pop(slot, None)
+                    self._end_hold(slot)
 
     def _mark_unsynced(self, slots: set[int], now: float, since: int = 0) -> None:
         """Stop serving these slots now; pull them once views have had time to agree.
@@ -644,8 +642,7 @@ class Replication:
             if self._orphan_check_at is None:
                 self._orphan_check_at = now + ORPHAN_RETRY
         else:
-            self._orphaned.pop(slot, None)
-            self._holders.pop(slot, None)
+            self._end_hold(slot)
 
     def _holds(self, slot: int, key: bytes) -> bool:
         floor = self._orphaned.get(slot)
@@ -848,7 +845,7 @@ class Replication:
                     self._end_hold(slot)
 
     def _end_hold(self, slot: int) -> None:
-        del self._orphaned[slot]
+        self._orphaned.pop(slot, None)
         self._holders.pop(slot, None)
         self._release.pop(slot, None)
 

@@ -283,10 +283,11 @@ def decode_sync_done(data: bytes) -> tuple[list[int], dict[int, int], set[int]]:
             (slot,) = struct.unpack_from("!I", data, pos)
             pos += 4
             if slot & _UNSURE:
-                unsure[slot & ~(_UNSURE | _VOUCHED)] = _FLOOR.unpack_from(data, pos)[0]
+                number = slot & ~(_UNSURE | _VOUCHED)
+                unsure[number] = _FLOOR.unpack_from(data, pos)[0]
                 pos += _FLOOR.size
                 if slot & _VOUCHED:
-                    vouched.add(slot & ~(_UNSURE | _VOUCHED))
+                    vouched.add(number)
             else:
                 strangers.append(slot)
     except struct.error as exc:
