@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ringkv.servers import Addr, ServerListError, load_servers, parse_addr
+from ringkv.servers import ServerListError, load_servers, parse_addr
+from ringkv.wire import Addr
 
 if TYPE_CHECKING:
     from ringkv.client.check import Run

@@ -21,7 +21,8 @@ from ringkv.runtime.cluster import (
     local_servers,
     query_status,
 )
-from ringkv.servers import Addr, ServerListError, load_servers
+from ringkv.servers import ServerListError, load_servers
+from ringkv.wire import Addr
 
 _STATE_NAMES = {"A": "alive", "S": "suspect", "D": "dead"}
 _STATE_STYLES = {"alive": "green", "suspect": "yellow", "dead": "red", "no answer": "red"}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-Addr = tuple[str, int]
+from ringkv.wire import Addr
 
 GOSSIP_PORT_OFFSET = 1000
 

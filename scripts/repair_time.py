@@ -23,7 +23,8 @@ import time
 
 from ringkv.client.client import AsyncClient
 from ringkv.runtime.cluster import query_status
-from ringkv.servers import Addr, load_servers
+from ringkv.servers import load_servers
+from ringkv.wire import Addr
 
 POLL = 0.25
 LIMIT = 30.0  # seconds of polling at most

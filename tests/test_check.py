@@ -28,7 +28,7 @@ from ringkv.client.check_seq import Register, classify, schedule
 from ringkv.client.client import Client, ClientError, Reply
 from ringkv.client.local import free_udp_port, local_node, stop
 from ringkv.runtime.cluster import LocalCluster, local_servers
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 from ringkv.wire.codec import Err
 
 PART1 = [

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from ringkv.cli import main
 from ringkv.client import AsyncClient, Client, ClientError, ClientTimeout
 from ringkv.client.local import LocalNode, free_udp_port, local_node
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err, decode_msg, encode_response
 
 

@@ -30,19 +30,18 @@ from ringkv.servers import gossip_addr
 from ringkv.sim.checker import check
 from ringkv.sim.clients import Batch, ClientGroup, Request, RetryPolicy, Values, run_batch
 from ringkv.sim.cluster import PAUSED, UP, SimConfig, Simulator, node_addr
-from ringkv.sim.history import ERR_NOT_FOUND, ERR_OK, GET, PUT, REMOVE, Op
+from ringkv.sim.history import GET, PUT, REMOVE, Op
 from ringkv.sim.scenarios import Model
-from ringkv.wire import peer
+from ringkv.wire import Addr, peer
 from ringkv.wire.codec import (
     Command,
+    Err,
     KVRequest,
     decode_msg,
     decode_response,
     encode_request,
 )
 from ringkv.wire.peer import Write
-
-Addr = tuple[str, int]
 
 # Patient enough to outlast failure detection (~4 s) and a chain repair:
 # 0.25 s doubling, 7 tries, about 32 s in all.
@@ -207,11 +206,11 @@ def test_write_survives_failure_of_a_link_during_propagation(link: int, fault: s
     chain = chain_of(sim, key)
     front = outsider(sim, chain)
     values = Values(16)
-    assert run_ops(sim, [values.put(key)], [front])[0].err == ERR_OK
+    assert run_ops(sim, [values.put(key)], [front])[0].err == Err.OK
     cut = FailOnEmit(sim, chain[link], key, fault)
     write = run_ops(sim, [values.put(key)], [front])[0]
     assert cut.fired and sim.state_of(chain[link]) != UP
-    assert write.err == ERR_OK, "the client never got its write acknowledged"
+    assert write.err == Err.OK, "the client never got its write acknowledged"
     settle(sim)
     _assert_reads(read_everywhere(sim, key), write)
     recover(sim, chain[link])
@@ -225,7 +224,7 @@ def test_write_survives_failure_of_a_link_during_propagation(link: int, fault: s
 
 
 def _assert_reads(reads: list[Op], write: Op) -> None:
-    wrong = [op for op in reads if (op.err, op.value) != (ERR_OK, write.value)]
+    wrong = [op for op in reads if (op.err, op.value) != (Err.OK, write.value)]
     assert not wrong, f"expected {write.value!r} everywhere, got {wrong}"
 
 
@@ -255,13 +254,13 @@ def test_retried_write_after_head_failure_does_not_execute_twice(dies: str, faul
     fail(sim, head, fault)
     settle(sim)
     assert chain_of(sim, key)[0] == middle
-    assert probe.call(middle, id_a, Command.PUT, key, b"value A")[0] == ERR_OK
+    assert probe.call(middle, id_a, Command.PUT, key, b"value A")[0] == Err.OK
     executed = sim.now  # the protocol keeps replies at least 5 s from here
-    assert probe.call(middle, id_b, Command.PUT, key, b"value B")[0] == ERR_OK
-    assert probe.call(middle, id_a, Command.PUT, key, b"value A")[0] == ERR_OK
+    assert probe.call(middle, id_b, Command.PUT, key, b"value B")[0] == Err.OK
+    assert probe.call(middle, id_a, Command.PUT, key, b"value A")[0] == Err.OK
     recover(sim, head)  # it heads the chain again once it has pulled the key
     sim.run_for(2.5)
-    assert probe.call(head, id_a, Command.PUT, key, b"value A")[0] == ERR_OK
+    assert probe.call(head, id_a, Command.PUT, key, b"value A")[0] == Err.OK
     assert sim.now < executed + 5.0, "the last retry came after the reply retention"
     settle(sim)
     assert chain_of(sim, key)[0] == head
@@ -284,7 +283,7 @@ def _drop_first(match: Callable[[bytes, Addr, Addr], bool]) -> Callable[..., boo
 def _assert_value(sim: Simulator, probe: Probe, key: bytes, value: bytes) -> None:
     for n, front in enumerate(sim.nodes_in(UP)):
         got = probe.call(front, b"G%03d" % n + b"%012d" % int(sim.now * 1000), Command.GET, key)
-        assert got == (ERR_OK, value), f"GET via node {front} gave {got}"
+        assert got == (Err.OK, value), f"GET via node {front} gave {got}"
 
 
 # --------------------------------------------- an interrupted transfer resumes
@@ -352,7 +351,7 @@ def test_interrupted_transfer_resumes_and_completes(interruption: str) -> None:
     keys = [b"t-%05d" % i for i in range(1500)]
     values = Values(400)
     writes = run_ops(sim, [values.put(k) for k in keys], sim.nodes_in(UP), clients=10)
-    assert all(op.err == ERR_OK for op in writes)
+    assert all(op.err == Err.OK for op in writes)
     cut: Any
     if interruption == "lost batches":
         cut = LoseSomeSyncData(joiner)
@@ -371,7 +370,7 @@ def test_interrupted_transfer_resumes_and_completes(interruption: str) -> None:
     ]
     assert mine and not missing, f"joiner lacks {len(missing)} of {len(mine)} keys"
     reads = run_ops(sim, [Request(GET, k) for k in keys], sim.nodes_in(UP), clients=10)
-    assert all(op.err == ERR_OK for op in reads)
+    assert all(op.err == Err.OK for op in reads)
     assert check(sim.history).ok
 
 
@@ -390,7 +389,7 @@ def _kept_and_removed(sim: Simulator) -> tuple[bytes, bytes, bytes]:
     values = Values(16)
     put = values.put(live)
     ops = run_ops(sim, [values.put(live), put, values.put(gone), Request(REMOVE, gone)], [0])
-    assert [op.err for op in ops] == [ERR_OK] * 4
+    assert [op.err for op in ops] == [Err.OK] * 4
     assert put.value is not None
     return live, put.value, gone
 
@@ -401,7 +400,7 @@ def test_older_replicate_never_overwrites_a_newer_copy() -> None:
     for key, value in ((live, None), (gone, b"back from the dead")):
         older = _stamp(sim, key) - (1 << 12)  # one microsecond earlier, same head
         chain = chain_of(sim, key)
-        write = Write(b"O" * 16, ("probe", 1), ERR_OK, key, value, 1, older, (chain[0],))
+        write = Write(b"O" * 16, ("probe", 1), Err.OK, key, value, 1, older, (chain[0],))
         for member in chain[1:]:
             sim.inject(peer.encode_replicate(write), node_addr(chain[0]), node_addr(member))
     sim.run_for(2.0)
@@ -457,7 +456,7 @@ def _assert_state(sim: Simulator, key: bytes, value: bytes | None) -> None:
         entry = full_node(sim, i).storage.get(key)
         assert entry is None or entry[0] == value, f"node {i} holds {entry} for {key!r}"
     reads = read_everywhere(sim, key)
-    expected = (ERR_OK, value) if value is not None else (ERR_NOT_FOUND, None)
+    expected = (Err.OK, value) if value is not None else (Err.NO_KEY, None)
     assert all((op.err, op.value) == expected for op in reads), reads
 
 
@@ -659,11 +658,11 @@ def test_a_chain_resumed_whole_serves_what_its_stand_ins_took_meanwhile(seed: in
     key = b"whole-chain"
     chain = chain_of(sim, key)
     front = outsider(sim, chain)
-    assert probe.call(front, b"put-old", Command.PUT, key, b"old")[0] == ERR_OK
+    assert probe.call(front, b"put-old", Command.PUT, key, b"old")[0] == Err.OK
     for member in chain:
         sim.pause(member)
     sim.run_for(8.0)  # suspected, declared dead, routed around
-    assert probe.call(front, b"put-new", Command.PUT, key, b"new")[0] == ERR_OK
+    assert probe.call(front, b"put-new", Command.PUT, key, b"new")[0] == Err.OK
     for member in chain:
         sim.resume(member)
     reads: list[bytes] = []
@@ -676,7 +675,7 @@ def test_a_chain_resumed_whole_serves_what_its_stand_ins_took_meanwhile(seed: in
     sim.run_for(1.0)
     answers = [answer for message_id in reads for answer in probe.replies.get(message_id, [])]
     assert len(answers) > len(reads) // 2
-    assert set(answers) == {(ERR_OK, b"new")}
+    assert set(answers) == {(Err.OK, b"new")}
 
 
 def test_an_unsynced_member_next_to_the_tail_leads_a_put_but_no_remove() -> None:
@@ -751,15 +750,15 @@ def test_a_chain_suspended_whole_is_held_not_read_as_absent(seed: int) -> None:
         if node.ring.slot_of(key_position(k)) == slot
     )  # fmt: skip
     front = outsider(sim, chain)
-    assert probe.call(front, b"put-old", Command.PUT, old_key, b"old")[0] == ERR_OK
+    assert probe.call(front, b"put-old", Command.PUT, old_key, b"old")[0] == Err.OK
     for member in chain:
         sim.pause(member)
     sim.run_for(8.0)  # declared dead: three stand-ins, none of which has the slot
     stand_ins = chain_of(sim, old_key)
     assert not set(stand_ins) & set(chain)
     assert all(full_node(sim, i).replication.held_slots() for i in stand_ins)
-    assert probe.call(front, b"put-new", Command.PUT, new_key, b"new")[0] == ERR_OK
-    assert probe.call(front, b"get-new", Command.GET, new_key) == (ERR_OK, b"new")
+    assert probe.call(front, b"put-new", Command.PUT, new_key, b"new")[0] == Err.OK
+    assert probe.call(front, b"get-new", Command.GET, new_key) == (Err.OK, b"new")
     for n, node_index in enumerate(sim.nodes_in(UP)):
         probe.send(node_index, b"get-old-%d" % n, Command.GET, old_key)
     sim.run_for(2.0)
@@ -771,8 +770,8 @@ def test_a_chain_suspended_whole_is_held_not_read_as_absent(seed: int) -> None:
         sim.resume(member)
     settle(sim)
     sim.run_for(12.0)  # every node back for LINGER: the holds end
-    assert probe.call(front, b"get-old-after", Command.GET, old_key) == (ERR_OK, b"old")
-    assert probe.call(front, b"get-new-after", Command.GET, new_key) == (ERR_OK, b"new")
+    assert probe.call(front, b"get-old-after", Command.GET, old_key) == (Err.OK, b"old")
+    assert probe.call(front, b"get-new-after", Command.GET, new_key) == (Err.OK, b"new")
     assert not any(full_node(sim, i).replication.held_slots() for i in sim.nodes_in(UP))
 
 
@@ -893,7 +892,7 @@ def test_a_holder_that_left_unsure_is_not_vouched_whole_on_its_return(seed: int)
     old_key = b"old-key"
     chain = chain_of(sim, old_key)
     front = next(i for i in sim.nodes_in(UP) if i not in chain)
-    assert probe.call(front, b"put-old", Command.PUT, old_key, b"old")[0] == ERR_OK
+    assert probe.call(front, b"put-old", Command.PUT, old_key, b"old")[0] == Err.OK
     for member in chain:
         sim.pause(member)
     sim.run_for(8.0)  # three stand-ins, none sure of the slot: they hold it
@@ -914,7 +913,7 @@ def test_a_holder_that_left_unsure_is_not_vouched_whole_on_its_return(seed: int)
     for member in chain:
         sim.resume(member)
     settle(sim)
-    assert probe.call(front, b"get-old-after", Command.GET, old_key) == (ERR_OK, b"old")
+    assert probe.call(front, b"get-old-after", Command.GET, old_key) == (Err.OK, b"old")
 
 
 # Seeds whose schedule read keys as absent or old before the fixes: a stand-in

@@ -10,8 +10,7 @@ from typing import ClassVar
 import pytest
 from click.testing import CliRunner
 
-from ringkv.core.node import Node, NodeConfig, Outbox
-from ringkv.runtime.server import TICK_INTERVAL
+from ringkv.core.node import TICK_INTERVAL, Node, NodeConfig, Outbox
 from ringkv.sim import scenarios
 from ringkv.sim.checker import check
 from ringkv.sim.cli import sim as sim_command

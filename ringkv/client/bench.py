@@ -48,7 +48,7 @@ from google.protobuf.message import DecodeError
 
 from ringkv.client.client import client_socket, resolve, route_ip
 from ringkv.client.local import stop
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 from ringkv.wire.codec import Err, KVResponse, Msg, encode_msg, varint
 
 INF = math.inf

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ringkv.client.client import AsyncClient, ClientTimeout, Reply
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
 
 T = TypeVar("T")

@@ -17,7 +17,7 @@ import subprocess
 import psutil
 
 from ringkv.client.client import Client, ClientError, resolve
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 
 
 class NodeControlError(RuntimeError):

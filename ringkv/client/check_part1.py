@@ -12,7 +12,7 @@ from ringkv.client.check_load import Tally, make_value, ms, pool, run_async, tim
 from ringkv.client.check_nodes import is_local, process_gone
 from ringkv.client.check_report import StepBar
 from ringkv.client.client import AsyncClient, Client, ClientTimeout, client_socket
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err, KVResponse, Msg, encode_request, new_message_id
 
 # -- liveness ---------------------------------------------------------------------------

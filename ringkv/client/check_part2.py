@@ -29,7 +29,7 @@ from ringkv.client.check_load import (
 from ringkv.client.check_nodes import is_local, process_gone
 from ringkv.client.check_part1 import bench_runs, bench_success_pct
 from ringkv.client.client import AsyncClient, Reply
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
 
 

@@ -34,7 +34,7 @@ from ringkv.client.check_load import (
 )
 from ringkv.client.check_part2 import counts_line, nodes
 from ringkv.client.client import AsyncClient, Reply
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
 
 VIOLATIONS = ("stale", "missing", "invented", "error")

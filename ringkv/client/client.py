@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 from ringkv.wire.codec import (
     Command,
     Err,

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from ringkv.client.bench import BenchConfig, BenchResult, run_bench
 from ringkv.client.client import AsyncClient, ClientError, ClientTimeout, Reply, describe_err
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 
 Answer = Reply | ClientError  # ClientTimeout when a node stayed silent
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ringkv.client.client import Client, ClientError
-from ringkv.servers import Addr
+from ringkv.wire import Addr
 
 
 @dataclass

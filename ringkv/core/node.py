@@ -15,7 +15,7 @@ from ringkv.core.replies import DEFAULT_RETENTION, ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import Storage
 from ringkv.servers import gossip_addr
-from ringkv.wire import peer
+from ringkv.wire import Addr, Send, peer
 from ringkv.wire.codec import (
     MAX_KEY,
     MAX_VALUE,
@@ -28,14 +28,14 @@ from ringkv.wire.codec import (
     encode_response,
 )
 
-Addr = tuple[str, int]
-Send = tuple[bytes, Addr]
-
 _PUT, _GET, _REMOVE = Command.PUT, Command.GET, Command.REMOVE
 _KEY_COMMANDS = frozenset((_PUT, _GET, _REMOVE))
 _FORWARD_KIND = bytes((peer.FORWARD,))
 # The reference client gives up after 0.7 s (100 + 200 + 400 ms).
 STALE_REQUEST_AGE = 1.0
+# Seconds between the ticks a driver (runtime or simulator) gives a node; it may
+# skip those before next_due(). Membership times acks to about this.
+TICK_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)

@@ -76,12 +76,9 @@ from dataclasses import dataclass, field
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
-from ringkv.wire import peer
+from ringkv.wire import Addr, Send, peer
 from ringkv.wire.codec import Command, Err, KVRequest, encode_response
 from ringkv.wire.peer import Write
-
-Addr = tuple[str, int]
-Send = tuple[bytes, Addr]
 
 MAX_HOPS = 2  # a request forwarded this many times is executed where it lands
 RESEND_AFTER = 0.3  # seconds without an ACK before a write is sent down again

@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ringkv.servers import Addr
-from ringkv.wire import peer
+from ringkv.wire import Addr, peer
 
 STATE_FILE = "cluster.json"
 

@@ -14,7 +14,8 @@ import signal
 import sys
 
 from ringkv.runtime.server import open_udp_socket
-from ringkv.servers import Addr, parse_addr
+from ringkv.servers import parse_addr
+from ringkv.wire import Addr
 
 
 class _Echo(asyncio.DatagramProtocol):

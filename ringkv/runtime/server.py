@@ -20,16 +20,16 @@ import struct
 import time
 from collections.abc import Callable
 
-from ringkv.core.node import Addr, Node, Send
+from ringkv.core.node import TICK_INTERVAL, Node
 from ringkv.servers import gossip_addr
+from ringkv.wire import Addr, Send
 
 log = logging.getLogger("ringkv.node")
 
-# Ticks fall on a grid of TICK_INTERVAL after the last one (membership times
-# acks to ~0.1 s), but a grid point with nothing due is skipped: an idle node
-# wakes up ~3 times a second for its probes instead of 10, and each wake-up of
-# a Python process costs more than the little work it then does.
-TICK_INTERVAL = 0.1
+# Ticks fall on a grid of TICK_INTERVAL after the last one, but a grid point
+# with nothing due is skipped: an idle node wakes up ~3 times a second for its
+# probes instead of 10, and each wake-up of a Python process costs more than
+# the little work it then does.
 # At least this often, so that a skipped span hides little of a SIGSTOP from
 # pause detection (Membership.skip_until), and reply expiry rides on ticks.
 MAX_TICK_GAP = 0.5

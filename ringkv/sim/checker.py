@@ -36,12 +36,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ringkv.sim.history import (
-    ERR_INVALID_KEY,
-    ERR_INVALID_VALUE,
-    ERR_NO_SPACE,
-    ERR_NOT_FOUND,
-    ERR_OK,
-    ERR_UNKNOWN_COMMAND,
     GET,
     PUT,
     REMOVE,
@@ -50,6 +44,7 @@ from ringkv.sim.history import (
     show_bytes,
     show_value,
 )
+from ringkv.wire.codec import Err
 
 OK = "ok"
 VIOLATION = "violation"
@@ -60,7 +55,7 @@ DEFAULT_BUDGET = 1_000_000  # search steps per key: about a second or two of CPU
 State = tuple[bytes, int] | None  # what a key holds: None is absent
 
 # Replies that prove the request changed nothing (validation, out of space).
-_NO_EFFECT = frozenset({ERR_NO_SPACE, ERR_UNKNOWN_COMMAND, ERR_INVALID_KEY, ERR_INVALID_VALUE})
+_NO_EFFECT = frozenset({Err.NO_SPACE, Err.BAD_COMMAND, Err.BAD_KEY, Err.BAD_VALUE})
 
 _ABSENT = 0  # state id of "no value"; values get ids from 1
 _ANY = -1  # need: any state
@@ -201,8 +196,8 @@ def lost_writes(
 
 
 def _acked_write(op: Op) -> bool:
-    return (op.kind == PUT and op.err == ERR_OK) or (
-        op.kind == REMOVE and op.err in (ERR_OK, ERR_NOT_FOUND)
+    return (op.kind == PUT and op.err == Err.OK) or (
+        op.kind == REMOVE and op.err in (Err.OK, Err.NO_KEY)
     )
 
 
@@ -249,8 +244,8 @@ class _StateIds:
 def _is_definite(op: Op) -> bool:
     """Does the reply say exactly what the op did?"""
     if op.kind == PUT:
-        return op.err == ERR_OK
-    return op.err in (ERR_OK, ERR_NOT_FOUND)
+        return op.err == Err.OK
+    return op.err in (Err.OK, Err.NO_KEY)
 
 
 def _classify(op: Op, ids: _StateIds, weak: bool) -> tuple[int, int, bool] | None:
@@ -262,7 +257,7 @@ def _classify(op: Op, ids: _StateIds, weak: bool) -> tuple[int, int, bool] | Non
     if op.kind == GET:
         if not definite:
             return None  # a read without a reply constrains nothing
-        need = ids.get(op.value, op.version) if op.err == ERR_OK else _ABSENT
+        need = ids.get(op.value, op.version) if op.err == Err.OK else _ABSENT
         return need, _SAME, True
     if op.err in _NO_EFFECT:
         return None
@@ -270,7 +265,7 @@ def _classify(op: Op, ids: _StateIds, weak: bool) -> tuple[int, int, bool] | Non
         return _ANY, ids.get(op.value, op.version), definite
     if not definite:
         return _ANY, _ABSENT, False
-    if op.err == ERR_OK:
+    if op.err == Err.OK:
         return _PRESENT, _ABSENT, True
     return _ABSENT, _SAME, True
 
@@ -585,7 +580,7 @@ def _minimize(
 
 def _observed(op: Op) -> State:
     """The state a read-like op (get, remove answering 'not found') saw."""
-    if op.kind == GET and op.err == ERR_OK:
+    if op.kind == GET and op.err == Err.OK:
         assert op.value is not None
         return op.value, op.version
     return None
@@ -593,15 +588,15 @@ def _observed(op: Op) -> State:
 
 def _reads_state(op: Op) -> bool:
     if op.kind == GET:
-        return op.err in (ERR_OK, ERR_NOT_FOUND)
-    return op.kind == REMOVE and op.err == ERR_NOT_FOUND
+        return op.err in (Err.OK, Err.NO_KEY)
+    return op.kind == REMOVE and op.err == Err.NO_KEY
 
 
 def _is_write(op: Op) -> bool:
     """Could the op change the state? (remove 'not found' leaves it absent)"""
     if op.kind == GET or op.err in _NO_EFFECT:
         return False
-    return not (op.kind == REMOVE and op.err == ERR_NOT_FOUND)
+    return not (op.kind == REMOVE and op.err == Err.NO_KEY)
 
 
 def _candidate_writes(ops: Sequence[Op], target: int) -> list[int]:

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 
 from ringkv.sim.cluster import Simulator, client_addr, node_addr
 from ringkv.sim.history import GET, PUT, REMOVE, Op
+from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err, WireError, decode_msg, decode_response, encode_request
-
-Addr = tuple[str, int]
 
 _COMMANDS = {PUT: Command.PUT, GET: Command.GET, REMOVE: Command.REMOVE}
 _MESSAGE_ID = struct.Struct("!4sIQ")  # 16 bytes like the protocol's: unique per client and request

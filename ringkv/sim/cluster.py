@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ringkv.core.membership import Membership, MembershipConfig
-from ringkv.core.node import Node, NodeConfig, Outbox
+from ringkv.core.node import TICK_INTERVAL, Node, NodeConfig, Outbox
 from ringkv.core.ring import Ring
-from ringkv.runtime.server import TICK_INTERVAL  # the runtime's tick: same timing here
 from ringkv.servers import gossip_addr
 from ringkv.sim.history import History
 from ringkv.sim.network import Network, NetworkConfig
+from ringkv.wire import Addr
 
-Addr = tuple[str, int]
 Handler = Callable[[bytes, Addr], None]
 # Sees every datagram before the network does; True takes it (tests drop or hold it).
 Interceptor = Callable[[bytes, Addr, Addr], bool]

@@ -13,20 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ringkv.wire.codec import Err
+
 PUT = "put"
 GET = "get"
 REMOVE = "remove"
 KINDS = (PUT, GET, REMOVE)
-
-# errCodes of PROTOCOL.md that the checker reasons about.
-ERR_OK = 0
-ERR_NOT_FOUND = 1
-ERR_NO_SPACE = 2
-ERR_OVERLOAD = 3
-ERR_INTERNAL = 4
-ERR_UNKNOWN_COMMAND = 5
-ERR_INVALID_KEY = 6
-ERR_INVALID_VALUE = 7
 
 _SHOWN_BYTES = 20
 
@@ -59,7 +51,7 @@ class Op:
             raise ValueError("response and err must be both set or both None")
         if self.kind == PUT and self.value is None:
             raise ValueError("a put needs a value")
-        if self.kind == GET and self.err == ERR_OK and self.value is None:
+        if self.kind == GET and self.err == Err.OK and self.value is None:
             raise ValueError("a successful get needs a value")
 
     @property
@@ -73,7 +65,7 @@ class Op:
             what = f"{self.kind}({show_bytes(self.key)})"
         if self.response is None:
             return f"client {self.client} {what} -> no reply [{self.invoke:.6g}, -]"
-        if self.kind == GET and self.err == ERR_OK:
+        if self.kind == GET and self.err == Err.OK:
             result = show_value(self.value, self.version)
         else:
             result = _ERR_NAMES.get(self.err, f"err {self.err}")
@@ -111,11 +103,11 @@ class Op:
 
 
 _ERR_NAMES = {
-    ERR_OK: "ok",
-    ERR_NOT_FOUND: "not found",
-    ERR_NO_SPACE: "out of space",
-    ERR_OVERLOAD: "overload",
-    ERR_INTERNAL: "internal error",
+    Err.OK: "ok",
+    Err.NO_KEY: "not found",
+    Err.NO_SPACE: "out of space",
+    Err.OVERLOAD: "overload",
+    Err.INTERNAL: "internal error",
 }
 
 

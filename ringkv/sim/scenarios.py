@@ -36,12 +36,6 @@ from ringkv.sim.cluster import (
     Traffic,
 )
 from ringkv.sim.history import (
-    ERR_INVALID_KEY,
-    ERR_INVALID_VALUE,
-    ERR_NO_SPACE,
-    ERR_NOT_FOUND,
-    ERR_OK,
-    ERR_UNKNOWN_COMMAND,
     GET,
     PUT,
     History,
@@ -49,6 +43,7 @@ from ringkv.sim.history import (
 )
 from ringkv.sim.network import NetworkConfig
 from ringkv.sim.replicas import ReplicaTracker
+from ringkv.wire.codec import Err
 
 
 class ParamError(ValueError):
@@ -57,7 +52,7 @@ class ParamError(ValueError):
 
 CONVERGENCE_GOAL = 10.0  # DESIGN.md: membership converges well within 10 s
 FAULT_KINDS = ("pause", "crash", "join", "partition", "loss")
-_NO_EFFECT = frozenset({ERR_NO_SPACE, ERR_UNKNOWN_COMMAND, ERR_INVALID_KEY, ERR_INVALID_VALUE})
+_NO_EFFECT = frozenset({Err.NO_SPACE, Err.BAD_COMMAND, Err.BAD_KEY, Err.BAD_VALUE})
 
 
 # ---------------------------------------------------------------- parameters
@@ -287,7 +282,7 @@ class Model:
             if op.kind == GET or op.err in _NO_EFFECT:
                 continue
             new: State = (op.value, op.version) if op.kind == PUT else None  # type: ignore[assignment]
-            definite = op.err == ERR_OK or (op.kind != PUT and op.err == ERR_NOT_FOUND)
+            definite = op.err == Err.OK or (op.kind != PUT and op.err == Err.NO_KEY)
             if definite:
                 self.states[op.key] = [new]
             else:
@@ -297,9 +292,9 @@ class Model:
         """ok, stale, missing, timeout or error for a GET."""
         if op.response is None:
             return "timeout"
-        if op.err not in (ERR_OK, ERR_NOT_FOUND):
+        if op.err not in (Err.OK, Err.NO_KEY):
             return "error"
-        got = (op.value, op.version) if op.err == ERR_OK else None
+        got = (op.value, op.version) if op.err == Err.OK else None
         if got in self.states.get(op.key, [None]):
             return "ok"
         return "missing" if got is None else "stale"
@@ -369,9 +364,9 @@ class Run:
         ops = self.get_all(keys, clients)
         finals: dict[bytes, State] = {}
         for op in ops:
-            if op.err == ERR_OK:
+            if op.err == Err.OK:
                 finals[op.key] = (op.value, op.version)  # type: ignore[assignment]
-            elif op.err == ERR_NOT_FOUND:
+            elif op.err == Err.NO_KEY:
                 finals[op.key] = None
         self.result.final_reads = len(finals)
         self._judge_losses(lost_writes(self.sim.history, finals))

@@ -18,6 +18,8 @@ import struct
 from collections.abc import Collection
 from typing import Any
 
+from ringkv.wire import Addr
+
 MAGIC = b"RK"
 FORWARD = 1
 STATUS_REQUEST = 2
@@ -38,9 +40,6 @@ _FORWARD_HEAD = struct.Struct("!2sBBHB")  # magic, kind, hops, client port, host
 
 class PeerDecodeError(ValueError):
     """A peer datagram that does not parse."""
-
-
-Addr = tuple[str, int]
 
 
 def encode_forward(client: Addr, datagram: bytes, hops: int = 1) -> bytes:
