@@ -8,6 +8,7 @@ import math
 import pytest
 
 from ringkv.core.node import Node, NodeConfig
+from ringkv.wire import peer
 from ringkv.wire.codec import (
     Command,
     Err,
@@ -144,6 +145,24 @@ def test_malformed_datagrams_dropped_without_reply() -> None:
         assert node.on_datagram(data, CLIENT, 0.0) == []
     assert node.on_datagram(good, CLIENT, 0.0)  # sanity: the intact one is answered
     assert node.stats.dropped == 5
+
+
+def test_peer_messages_naming_what_cannot_be_are_dropped_at_the_edge() -> None:
+    """A FORWARD past every hop limit with a 40-byte key and a 20,000-byte value, a
+    HANDOFF of slots the ring lacks, a REPLICATE from a node the cluster lacks:
+    each is refused when decoded, before any handler sees it."""
+    node = _two_nodes()
+    slots = node.ring.slots
+    datagram = encode_request(b"f" * 16, Command.PUT, b"k" * 40, b"v" * 20_000)
+    forged = [
+        peer.encode_forward(CLIENT, datagram, hops=200),
+        peer.encode_slots(peer.Handoff(1, tuple(range(slots, slots + 300)))),
+        peer.encode_replicate(peer.Write(b"w", CLIENT, 0, b"k", b"v", 0, 1, (7,))),
+    ]
+    for data in forged:
+        assert node.on_datagram(data, ("127.0.0.1", 43101), 0.0) == []
+    assert node.stats.dropped == len(forged)
+    assert len(node.storage) == 0
 
 
 def test_unknown_fields_in_request_ignored() -> None:

@@ -1,42 +1,157 @@
-"""Node-to-node messages: what one node encodes, the next decodes unchanged."""
+"""Node-to-node messages: what one node encodes, the next decodes unchanged, and
+what no node would send is refused at the edge."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ringkv.wire import peer
-from ringkv.wire.peer import PeerDecodeError, Write
+from ringkv.wire.codec import Command, encode_request
+from ringkv.wire.peer import (
+    Ack,
+    Forward,
+    Handoff,
+    PeerDecodeError,
+    PeerLimits,
+    StatusRequest,
+    SyncConfirm,
+    SyncData,
+    SyncDone,
+    SyncRequest,
+    Write,
+)
+
+LIMITS = PeerLimits(nodes=40, slots=4096)
+nodes = st.integers(0, LIMITS.nodes - 1)
+slots = st.integers(0, LIMITS.slots - 1)
+keys = st.binary(min_size=1, max_size=32)
+stamps = st.integers(0, (1 << 64) - 1)
+int32 = st.integers(-(1 << 31), (1 << 31) - 1)
 
 
-def test_replicate_round_trip_keeps_path_and_targets() -> None:
-    write = Write(
-        b"M" * 16, ("10.0.0.7", 4321), 0, b"key", b"value", 7, 1 << 40, (3, 9), (3, 9, 12, 4)
-    )
-    back = peer.decode_replicate(peer.encode_replicate(write))
-    assert (back.message_id, back.client, back.err) == (b"M" * 16, ("10.0.0.7", 4321), 0)
-    assert (back.key, back.value, back.version, back.stamp) == (b"key", b"value", 7, 1 << 40)
-    assert back.path == (3, 9)
-    assert back.targets == (3, 9, 12, 4)
+def read(data: bytes) -> peer.PeerMessage:
+    return peer.decode(data, LIMITS)
 
 
-def test_replicate_of_a_remove_has_no_value() -> None:
-    write = Write(b"R" * 16, ("h", 1), 1, b"k", None, 0, 5, (0,))
-    back = peer.decode_replicate(peer.encode_replicate(write))
-    assert back.value is None
-    assert back.targets == ()
+@given(
+    message_id=st.binary(min_size=1, max_size=255),
+    key=keys,
+    value=st.none() | st.binary(max_size=10_000),
+    err=st.integers(0, 7),
+    version=int32,
+    stamp=stamps,
+    path=st.lists(nodes, min_size=1, max_size=5).map(tuple),
+    targets=st.lists(nodes, max_size=5).map(tuple),
+)
+def test_replicate_round_trips(
+    message_id: bytes, key: bytes, value: bytes | None, err: int, version: int, stamp: int,
+    path: tuple[int, ...], targets: tuple[int, ...],
+) -> None:  # fmt: skip
+    write = Write(message_id, ("10.0.0.7", 4321), err, key, value, version, stamp, path, targets)
+    assert read(peer.encode_replicate(write)) == write
+
+
+def test_a_write_routed_on_keeps_all_but_path_and_targets() -> None:
+    write = Write(b"M" * 16, ("h", 1), 0, b"key", b"v", 7, 99, (3,), (3, 9))
+    moved = write.routed((3, 9), (3, 9, 12))
+    assert moved[:7] == write[:7]
+    assert (moved.path, moved.targets) == ((3, 9), (3, 9, 12))
 
 
 def test_short_replicate_is_a_decode_error() -> None:
     data = peer.encode_replicate(Write(b"R" * 16, ("h", 1), 0, b"k", b"v", 0, 5, (0, 1), (0, 1)))
     with pytest.raises(PeerDecodeError):
-        peer.decode_replicate(data[:30])
+        read(data[:30])
 
 
-def test_sync_request_carries_the_requester_and_the_oldest_stamp_wanted() -> None:
-    since = (1_800_000_000 * 1_000_000) << 12  # a stamp: wall-clock µs, node bits
-    data = peer.encode_sync_request(77, 39, since, [5, 1000, 4095])
-    assert peer.kind_of(data) == peer.SYNC_REQUEST
-    assert peer.decode_sync_request(data) == (77, 39, since, [5, 1000, 4095])
+@pytest.mark.parametrize(
+    "write",
+    [
+        Write(b"R", ("h", 1), 0, b"k", b"v", 0, 5, (40,)),  # a node the cluster lacks
+        Write(b"R", ("h", 1), 0, b"k", b"v", 0, 5, (0,), (1, 999)),
+        Write(b"R", ("h", 1), 0, b"k", b"v", 0, 5, ()),  # applied by nobody
+        Write(b"R", ("h", 1), 0, b"k" * 33, b"v", 0, 5, (0,)),  # key over 32 bytes
+        Write(b"R", ("h", 1), 0, b"", b"v", 0, 5, (0,)),
+        Write(b"R", ("h", 1), 0, b"k", b"v" * 10_001, 0, 5, (0,)),
+    ],
+)
+def test_a_replicate_no_node_would_send_is_refused(write: Write) -> None:
+    with pytest.raises(PeerDecodeError):
+        read(peer.encode_replicate(write))
+
+
+def test_forward_carries_the_client_request_decoded() -> None:
+    datagram = encode_request(b"I" * 16, Command.PUT, b"key", b"value", 3)
+    message = read(peer.encode_forward(("10.1.2.3", 5555), datagram, hops=2))
+    assert isinstance(message, Forward)
+    assert (message.client, message.message_id, message.datagram, message.hops) == (
+        ("10.1.2.3", 5555), b"I" * 16, datagram, 2,
+    )  # fmt: skip
+    assert (message.request.command, message.request.key, message.request.value) == (
+        Command.PUT, b"key", b"value",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        encode_request(b"I", Command.SHUTDOWN),  # only key commands are forwarded
+        encode_request(b"I", Command.GET, b"k" * 33),
+        encode_request(b"I", Command.PUT, b"k", b"v" * 10_001),
+        encode_request(b"I", Command.GET, b"k")[:-1],  # checksum broken
+    ],
+)
+def test_a_forward_no_node_would_send_is_refused(datagram: bytes) -> None:
+    with pytest.raises(PeerDecodeError):
+        read(peer.encode_forward(("10.1.2.3", 5555), datagram))
+
+
+@given(st.integers(0, (1 << 32) - 1), nodes, stamps, st.lists(slots, max_size=300).map(tuple))
+def test_sync_request_round_trips(
+    request_id: int, requester: int, since: int, wanted: tuple[int, ...]
+) -> None:
+    request = SyncRequest(request_id, requester, since, wanted)
+    assert read(peer.encode_sync_request(request)) == request
+
+
+@given(nodes, st.lists(slots, max_size=300).map(tuple), st.booleans())
+def test_handoff_and_confirm_round_trip(sender: int, wanted: tuple[int, ...], hint: bool) -> None:
+    message = Handoff(sender, wanted) if hint else SyncConfirm(sender, wanted)
+    back = read(peer.encode_slots(message))
+    assert type(back) is type(message) and back == message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        peer.encode_slots(Handoff(40, (1,))),
+        peer.encode_slots(SyncConfirm(1, (4096,))),
+        peer.encode_sync_request(SyncRequest(1, 40, 0, (1,))),
+        peer.encode_sync_request(SyncRequest(1, 1, 0, (1, 4096))),
+    ],
+)
+def test_slot_lists_naming_unknown_nodes_or_slots_are_refused(data: bytes) -> None:
+    with pytest.raises(PeerDecodeError):
+        read(data)
+
+
+entries = st.lists(st.tuples(keys, st.none() | st.binary(max_size=10_000), int32, stamps))
+outcomes = st.lists(st.tuples(st.binary(min_size=1, max_size=255), st.integers(0, 7), slots))
+
+
+@given(entries, outcomes)
+def test_sync_batches_carry_every_entry_and_outcome_in_order(
+    sent: list[peer.TransferEntry], results: list[peer.Outcome]
+) -> None:
+    batches = [read(b) for b in peer.encode_sync_batches(7, sent, results)]
+    *data, done = batches
+    assert all(isinstance(b, SyncData) and b.request_id == 7 for b in data)
+    assert [b.number for b in data if isinstance(b, SyncData)] == list(range(len(data)))
+    assert isinstance(done, SyncDone) and done.batches == len(data)
+    assert [e for b in data if isinstance(b, SyncData) for e in b.entries] == sent
+    assert [o for b in data if isinstance(b, SyncData) for o in b.outcomes] == results
 
 
 def test_sync_done_lists_the_slots_that_leave_the_requester_out_and_those_unsure() -> None:
@@ -44,11 +159,9 @@ def test_sync_done_lists_the_slots_that_leave_the_requester_out_and_those_unsure
     unsure = {8: 1 << 60, 0: 0, 4095: 7}  # slot -> the stamp from which on all is there
     vouched = {0, 4095}  # of those, the ones the requester left while the source was unsure
     batches = peer.encode_sync_batches(9, entries, [], [3, 8], unsure, vouched)
-    done = batches[-1]
-    assert peer.kind_of(done) == peer.SYNC_DONE
-    assert peer.decode_sync_head(done) == (9, len(batches) - 1)
-    assert peer.decode_sync_done(done) == ([3, 8], unsure, vouched)
-    assert peer.decode_sync_done(peer.encode_sync_batches(9, [])[-1]) == ([], {}, set())
+    done = read(batches[-1])
+    assert done == SyncDone(9, len(batches) - 1, (3, 8), unsure, frozenset(vouched))
+    assert read(peer.encode_sync_batches(9, [])[-1]) == SyncDone(9, 0, (), {}, frozenset())
 
 
 def test_sync_done_with_a_torn_slot_list_is_a_decode_error() -> None:
@@ -57,4 +170,18 @@ def test_sync_done_with_a_torn_slot_list_is_a_decode_error() -> None:
         peer.encode_sync_batches(9, [], [], unsure={3: 5})[-1],
     ):
         with pytest.raises(PeerDecodeError):
-            peer.decode_sync_done(done[:-1])
+            read(done[:-1])
+
+
+def test_ack_and_status_request_carry_their_bytes() -> None:
+    assert read(peer.encode_ack(b"id-1")) == Ack(b"id-1")
+    assert read(peer.encode_status_request(b"tok")) == StatusRequest(b"tok")
+
+
+@given(st.binary(max_size=200))
+def test_garbage_is_a_message_or_a_decode_error_never_a_crash(tail: bytes) -> None:
+    for kind in range(12):
+        try:
+            read(peer.MAGIC + bytes((kind,)) + tail)
+        except PeerDecodeError:
+            pass

@@ -41,7 +41,7 @@ from ringkv.wire.codec import (
     decode_response,
     encode_request,
 )
-from ringkv.wire.peer import Write
+from ringkv.wire.peer import Ack, Handoff, SyncData, SyncDone, SyncRequest, Write
 
 # Patient enough to outlast failure detection (~4 s) and a chain repair:
 # 0.25 s doubling, 7 tries, about 32 s in all.
@@ -119,7 +119,15 @@ def recover(sim: Simulator, index: int) -> None:
 
 
 def is_peer(data: bytes, kind: int) -> bool:
-    return data[:2] == peer.MAGIC and peer.kind_of(data) == kind
+    """Is this a peer datagram of this kind? (Interceptors look at bytes in flight.)"""
+    return peer.is_peer(data) and data[2] == kind
+
+
+def decoded(data: bytes, nodes: int = 64) -> peer.PeerMessage | None:
+    """A peer datagram's message (None for any other datagram)."""
+    if not peer.is_peer(data):
+        return None
+    return peer.decode(data, peer.PeerLimits(nodes, 1 << 32))
 
 
 class FailOnEmit:
@@ -150,8 +158,9 @@ class FailOnEmit:
         return True
 
     def _passes_on(self, data: bytes, dst: Addr) -> bool:
-        if is_peer(data, peer.REPLICATE):
-            return peer.decode_replicate(data).key == self.key
+        message = decoded(data)
+        if isinstance(message, Write):
+            return message.key == self.key
         return dst[0].startswith("c")  # simulated clients are c1, c2, ...
 
     def _fail(self) -> None:
@@ -417,9 +426,10 @@ class Rewind:
         self.rewritten = 0
 
     def __call__(self, data: bytes, src: Addr, dst: Addr) -> bool:
-        if not is_peer(data, peer.SYNC_DATA):
+        batch = decoded(data)
+        if not isinstance(batch, SyncData):
             return False
-        entries, _ = peer.decode_sync_entries(data)
+        entries = batch.entries
         if not any(key in self.stamps for key, *_ in entries):
             return False
         stale = [
@@ -427,9 +437,8 @@ class Rewind:
             for entry in entries
             for key in (entry[0],)
         ]
-        request_id, _ = peer.decode_sync_head(data)
-        body = peer.encode_sync_batches(request_id, stale)[0]
-        head = len(peer.encode_sync_batches(request_id, [])[-1])  # SYNC_DONE is a bare head
+        body = peer.encode_sync_batches(batch.request_id, stale)[0]
+        head = len(peer.encode_sync_batches(batch.request_id, [])[-1])  # SYNC_DONE: a bare head
         self.sim.inject(data[:head] + body[head:], src, dst, 0.001)
         self.rewritten += 1
         return True
@@ -484,11 +493,24 @@ def test_head_of_a_changed_chain_hints_its_new_members_to_pull() -> None:
     assert expected, "the draw gave node 0 no chain that lost node 3"
     hinted = {}
     for data, addr in sends:
-        assert peer.kind_of(data) == peer.HANDOFF
-        sender, slots = peer.decode_slots(data)
+        hint = decoded(data)
+        assert isinstance(hint, Handoff)
+        sender, slots = hint
         assert sender == me
         hinted[servers.index(addr)] = set(slots)
     assert hinted == expected
+
+
+def sync_request(data: bytes) -> SyncRequest:
+    request = decoded(data)
+    assert isinstance(request, SyncRequest)
+    return request
+
+
+def sync_data(data: bytes) -> SyncData:
+    batch = decoded(data)
+    assert isinstance(batch, SyncData)
+    return batch
 
 
 def _lone_replication(index: int = 0, nodes: int = 4) -> Replication:
@@ -514,7 +536,7 @@ def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it
     assert requests
     missed_since = requester._stamp_at(100.0 - 20.0 - LOOKBACK)
     for data, _ in requests:
-        _, who, since, _ = peer.decode_sync_request(data)
+        _, who, since, _ = sync_request(data)
         assert (who, since) == (0, missed_since)
 
     # The source sends what is stamped at or after `since`, and nothing older.
@@ -523,11 +545,9 @@ def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it
     keys = {b"old-%d" % i: old for i in range(20)} | {b"new-%d" % i: new for i in range(20)}
     for key, stamp in keys.items():
         source.storage.apply(key, b"v", 1, stamp, 0.0)
-    everything = list(range(source.ring.slots))
-    answer = source.on_sync_request(
-        peer.encode_sync_request(9, 0, missed_since, everything), ("x", 1), 100.0
-    )
-    sent = [entry for data, _ in answer[:-1] for entry in peer.decode_sync_entries(data)[0]]
+    everything = tuple(range(source.ring.slots))
+    answer = source.on_sync_request(SyncRequest(9, 0, missed_since, everything), ("x", 1), 100.0)
+    sent = [entry for data, _ in answer[:-1] for entry in sync_data(data).entries]
     assert sorted(key for key, *_ in sent) == sorted(k for k, st in keys.items() if st == new)
 
 
@@ -538,7 +558,7 @@ def test_a_node_paused_past_the_tombstone_lifetime_pulls_everything() -> None:
     node.on_pause(gap=TOMBSTONE_TTL + 1.0, now=1000.0)
     requests = node.on_tick(1001.0)
     assert requests
-    assert all(peer.decode_sync_request(data)[2] == 0 for data, _ in requests)
+    assert all(sync_request(data).since == 0 for data, _ in requests)
 
 
 def test_a_transfer_still_receiving_batches_is_not_asked_for_again() -> None:
@@ -546,9 +566,9 @@ def test_a_transfer_still_receiving_batches_is_not_asked_for_again() -> None:
     node._unsynced.clear()
     node.on_start(0.0)
     first = node.on_tick(1.0)
-    request_id = peer.decode_sync_request(first[0][0])[0]
-    batch = peer.encode_sync_batches(request_id, [(b"k", b"v", 1, 5)])[0]
-    node.on_sync_data(batch, 1.9)  # progress just before SYNC_RETRY runs out
+    request_id = sync_request(first[0][0]).request_id
+    batch = sync_data(peer.encode_sync_batches(request_id, [(b"k", b"v", 1, 5)])[0])
+    node.on_sync_data(batch, ("x", 1), 1.9)  # progress just before SYNC_RETRY runs out
     node.on_tick(2.5)
     assert request_id in node._transfers  # still waiting for the rest, not asked again
 
@@ -557,8 +577,8 @@ def _requested(sends: list[tuple[bytes, Addr]], servers: Sequence[Addr]) -> dict
     """Slots asked for in SYNC_REQUESTs, by source index."""
     asked: dict[int, set[int]] = {}
     for data, addr in sends:
-        if peer.kind_of(data) == peer.SYNC_REQUEST:
-            asked.setdefault(servers.index(addr), set()).update(peer.decode_sync_request(data)[3])
+        if isinstance(request := decoded(data), SyncRequest):
+            asked.setdefault(servers.index(addr), set()).update(request.slots)
     return asked
 
 
@@ -572,8 +592,7 @@ def test_a_heads_hint_pulls_a_joined_slot_from_every_member_at_once() -> None:
         (s, c) for s in node._deferred if (c := node.ring.chain_at(s, alive, 3))[0] != 0
     )
     head = chain[0]
-    hint = peer.encode_slots(peer.HANDOFF, head, [slot])
-    sends = node.on_handoff(hint, 1.01)
+    sends = node.on_handoff(Handoff(head, (slot,)), ("x", 1), 1.01)
     asked = _requested(sends, node.servers)
     assert {m for m, slots in asked.items() if slot in slots} == set(chain) - {0}
     assert slot in node._unsynced and slot not in node._deferred  # a gating pull, under way
@@ -583,7 +602,7 @@ def test_a_hint_from_a_non_member_is_pulled_and_confirmed_as_before() -> None:
     node = _settled_replication()
     slot = next(iter(node._my_slots))
     outsider = next(i for i in range(6) if i not in node.ring.chain_at(slot, node.alive, 3))
-    sends = node.on_handoff(peer.encode_slots(peer.HANDOFF, outsider, [slot]), 1.0)
+    sends = node.on_handoff(Handoff(outsider, (slot,)), ("x", 1), 1.0)
     assert _requested(sends, node.servers) == {outsider: {slot}}
     assert any(key[2] for key in node._queue) or any(t.confirm for t in node._transfers.values())
 
@@ -697,7 +716,7 @@ def test_an_unsynced_member_next_to_the_tail_leads_a_put_but_no_remove() -> None
 
     assert request(b"remove", Command.REMOVE) == []  # the client's retry comes after the pull
     led = request(b"put", Command.PUT, b"v")
-    assert [peer.kind_of(data) for data, _ in led] == [peer.REPLICATE]
+    assert [type(decoded(data)) for data, _ in led] == [Write]
 
 
 def test_a_slot_regained_soon_after_a_pause_is_pulled_from_its_stand_in_too() -> None:
@@ -776,8 +795,11 @@ def test_a_chain_suspended_whole_is_held_not_read_as_absent(seed: int) -> None:
 
 
 def _sync_done(node: Replication, requester: int, slot: int, now: float) -> Any:
-    request = peer.encode_sync_request(1, requester, 0, [slot])
-    return peer.decode_sync_done(node.on_sync_request(request, ("peer", 1), now)[-1][0])
+    """(strangers, unsure, vouched) of the SYNC_DONE answering a pull of `slot`."""
+    request = SyncRequest(1, requester, 0, (slot,))
+    done = decoded(node.on_sync_request(request, ("peer", 1), now)[-1][0])
+    assert isinstance(done, SyncDone)
+    return list(done.strangers), done.unsure, set(done.vouched)
 
 
 def test_a_held_slot_vouches_only_for_the_members_that_left_it() -> None:
@@ -812,7 +834,9 @@ def test_a_vouch_lowers_a_returning_holders_own_hold_to_its_floor() -> None:
     node = _settled_replication(6)
     slot = min(node._my_slots)
     theirs, ours = node._stamp_at(30.0), node._stamp_at(10.0)
-    vouch = _Transfer(4, [slot], gating=True, sent_at=0.0, unsure={slot: theirs}, vouched={slot})
+    vouch = _Transfer(
+        4, [slot], gating=True, sent_at=0.0, unsure={slot: theirs}, vouched=frozenset({slot})
+    )
     assert node._floor_with(vouch, slot) == theirs  # it never left with the slot
     node.on_suspected(1.0)
     assert node._floor_with(vouch, slot) == 0
@@ -878,7 +902,7 @@ def test_a_member_reading_for_the_tail_exposes_no_write_the_tail_lacks() -> None
         b"put", put, encode_request(b"put", Command.PUT, key, b"new"), client, 0, 1.0
     )
     assert read(b"during") == []  # the write is on its way down: no answer
-    node.on_ack(peer.encode_ack(b"put"))
+    node.on_ack(Ack(b"put"), ("x", 1), 1.0)
     assert len(read(b"after")) == 1
 
 

@@ -7,7 +7,9 @@ The runtime (real sockets) and the simulator (virtual network) drive it.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ringkv.core.membership import Membership, MembershipConfig
 from ringkv.core.replication import Replication
@@ -27,10 +29,10 @@ from ringkv.wire.codec import (
     decode_request,
     encode_response,
 )
+from ringkv.wire.peer import Forward, PeerDecodeError, PeerLimits, StatusRequest
 
 _PUT, _GET, _REMOVE = Command.PUT, Command.GET, Command.REMOVE
 _KEY_COMMANDS = frozenset((_PUT, _GET, _REMOVE))
-_FORWARD_KIND = bytes((peer.FORWARD,))
 # The reference client gives up after 0.7 s (100 + 200 + 400 ms).
 STALE_REQUEST_AGE = 1.0
 # Seconds between the ticks a driver (runtime or simulator) gives a node; it may
@@ -96,6 +98,8 @@ class Node:
             config.clock_offset,
         )  # fmt: skip
         self.replication.alive = self._alive()
+        self._limits = PeerLimits(n_nodes, ring.slots)
+        self._peer_handlers = self._handlers_by_type()
         self._seen_pauses = 0
         self._seen_suspected = 0
         self._seen_changes = -1  # the first call looks
@@ -111,11 +115,11 @@ class Node:
         this process was stopped) is dropped: executing it now could overwrite
         writes acknowledged since, or run again once its reply was forgotten.
         """
-        if age > STALE_REQUEST_AGE and (data[:2] != peer.MAGIC or data[2:3] == _FORWARD_KIND):
+        if peer.is_peer(data):
+            return self._on_peer(data, src, now, age)
+        if age > STALE_REQUEST_AGE:
             self.stats.stale += 1
             return []
-        if data[:2] == peer.MAGIC:
-            return self._on_peer(data, src, now)
         try:
             message_id, payload = decode_msg(data)
             request = decode_request(payload)
@@ -240,38 +244,42 @@ class Node:
             return self.replication.on_key_request(message_id, request, data, src, 0, now)
         return self._admin(message_id, command, src, now)
 
-    def _on_peer(self, data: bytes, src: Addr, now: float) -> list[Send]:
-        kind = peer.kind_of(data)
-        replication = self.replication
+    def _on_peer(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
+        """A peer datagram, decoded once here and handed on by its type."""
         try:
-            if kind == peer.FORWARD:
-                client, datagram, hops = peer.decode_forward(data)
-                message_id, payload = decode_msg(datagram)
-                request = decode_request(payload)
-                self.stats.forwarded += 1
-                return replication.on_key_request(message_id, request, datagram, client, hops, now)
-            if kind == peer.REPLICATE:
-                return replication.on_replicate(data, now)
-            if kind == peer.ACK:
-                replication.on_ack(data)
-                return []
-            if kind == peer.SYNC_REQUEST:
-                return replication.on_sync_request(data, src, now)
-            if kind == peer.SYNC_DATA:
-                return replication.on_sync_data(data, now)
-            if kind == peer.SYNC_DONE:
-                return replication.on_sync_done(data, now)
-            if kind == peer.HANDOFF:
-                return replication.on_handoff(data, now)
-            if kind == peer.SYNC_CONFIRM:
-                replication.on_sync_confirm(data)
-                return []
-            if kind == peer.STATUS_REQUEST:
-                return [(peer.encode_status_reply(peer.status_token(data), self.status(now)), src)]
-        except (peer.PeerDecodeError, WireError):
-            pass
-        self.stats.dropped += 1
-        return []
+            message = peer.decode(data, self._limits)
+        except PeerDecodeError:
+            self.stats.dropped += 1
+            return []
+        if age > STALE_REQUEST_AGE and type(message) is Forward:
+            self.stats.stale += 1  # a client request all the same
+            return []
+        return self._peer_handlers[type(message)](message, src, now)
+
+    def _handlers_by_type(self) -> dict[type, Callable[[Any, Addr, float], list[Send]]]:
+        """Every peer message type and who takes it."""
+        replication = self.replication
+        return {
+            Forward: self._on_forward,
+            StatusRequest: self._on_status_request,
+            peer.Write: replication.on_replicate,
+            peer.Ack: replication.on_ack,
+            peer.SyncRequest: replication.on_sync_request,
+            peer.SyncData: replication.on_sync_data,
+            peer.SyncDone: replication.on_sync_done,
+            peer.Handoff: replication.on_handoff,
+            peer.SyncConfirm: replication.on_sync_confirm,
+        }
+
+    def _on_forward(self, forward: Forward, src: Addr, now: float) -> list[Send]:
+        self.stats.forwarded += 1
+        return self.replication.on_key_request(
+            forward.message_id, forward.request, forward.datagram, forward.client, forward.hops,
+            now,
+        )  # fmt: skip
+
+    def _on_status_request(self, request: StatusRequest, src: Addr, now: float) -> list[Send]:
+        return [(peer.encode_status_reply(request.token, self.status(now)), src)]
 
     def _admin(self, message_id: bytes, command: int, src: Addr, now: float) -> list[Send]:
         """Commands answered by the node that received them."""

@@ -78,7 +78,15 @@ from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
 from ringkv.wire import Addr, Send, peer
 from ringkv.wire.codec import Command, Err, KVRequest, encode_response
-from ringkv.wire.peer import Write
+from ringkv.wire.peer import (
+    Ack,
+    Handoff,
+    SyncConfirm,
+    SyncData,
+    SyncDone,
+    SyncRequest,
+    Write,
+)
 
 MAX_HOPS = 2  # a request forwarded this many times is executed where it lands
 RESEND_AFTER = 0.3  # seconds without an ACK before a write is sent down again
@@ -121,10 +129,10 @@ class _Transfer:
     since: int = 0  # only entries stamped since (0: all)
     received: set[int] = field(default_factory=set)
     expected: int | None = None
-    strangers: list[int] = field(default_factory=list)  # slots the source leaves us out of
+    strangers: tuple[int, ...] = ()  # slots the source leaves us out of
     # Slots the source may lack writes of -> the stamp from which on it has every write.
     unsure: dict[int, int] = field(default_factory=dict)
-    vouched: set[int] = field(default_factory=set)  # of those, the source vouches for us
+    vouched: frozenset[int] = frozenset()  # of those, the source vouches for us
     asked_at: float = 0.0  # when requested
 
 
@@ -335,8 +343,7 @@ class Replication:
 
     # -- down the chain and back ------------------------------------------------
 
-    def on_replicate(self, data: bytes, now: float) -> list[Send]:
-        write = peer.decode_replicate(data)
+    def on_replicate(self, write: Write, src: Addr, now: float) -> list[Send]:
         slot = self.ring.slot_of(key_position(write.key))
         if not self.storage.apply(write.key, write.value, write.version, write.stamp, now, slot):
             if self.storage.stamp_of(write.key) < write.stamp:
@@ -344,7 +351,7 @@ class Replication:
         self.replies.put(write.message_id, write.err, now, slot)
         self.stats.replicated += 1
         if self.index not in write.path:
-            write.path = (*write.path, self.index)
+            write = write.routed((*write.path, self.index), write.targets)
         return self._send_down(write, now)
 
     def _send_down(self, write: Write, now: float) -> list[Send]:
@@ -356,7 +363,7 @@ class Replication:
         # a suspect, which may still think itself a member and serve reads.
         not_dead = self.not_dead
         chain += tuple(m for m in write.targets if m not in chain and m in not_dead)
-        write.targets = chain
+        write = write.routed(write.path, chain)
         successor = next((m for m in chain if m not in write.path), None)
         if successor is None:
             return self._finish(write)
@@ -392,8 +399,9 @@ class Replication:
                     extra.append(member)
         return (*chain, *extra) if extra else chain
 
-    def on_ack(self, data: bytes) -> None:
-        self._pending.pop(peer.decode_ack(data), None)
+    def on_ack(self, ack: Ack, src: Addr, now: float) -> list[Send]:
+        self._pending.pop(ack.message_id, None)
+        return []
 
     # -- membership changes -----------------------------------------------------
 
@@ -466,7 +474,7 @@ class Replication:
                 if member not in before:
                     hints.setdefault(member, []).append(slot)
         return [
-            (peer.encode_slots(peer.HANDOFF, me, sorted(slots)), self.servers[member])
+            (peer.encode_slots(Handoff(me, tuple(sorted(slots)))), self.servers[member])
             for member, slots in hints.items()
         ]
 
@@ -680,7 +688,9 @@ class Replication:
             request_id = next(self._request_ids)
             transfer.sent_at = transfer.asked_at = now
             self._transfers[request_id] = transfer
-            request = peer.encode_sync_request(request_id, self.index, since, transfer.slots)
+            request = peer.encode_sync_request(
+                SyncRequest(request_id, self.index, since, tuple(transfer.slots))
+            )
             sends.append((request, self.servers[transfer.source]))
         return sends
 
@@ -700,8 +710,8 @@ class Replication:
 
     # -- transfer: serving and receiving ------------------------------------------
 
-    def on_sync_request(self, data: bytes, src: Addr, now: float) -> list[Send]:
-        request_id, requester, since, slots = peer.decode_sync_request(data)
+    def on_sync_request(self, request: SyncRequest, src: Addr, now: float) -> list[Send]:
+        request_id, requester, since, slots = request
         wanted = set(slots)
         entries = [
             (key, value, version, stamp)
@@ -736,29 +746,29 @@ class Replication:
             return 0
         return NO_FLOOR
 
-    def on_sync_data(self, data: bytes, now: float) -> list[Send]:
-        request_id, number = peer.decode_sync_head(data)
+    def on_sync_data(self, batch: SyncData, src: Addr, now: float) -> list[Send]:
+        request_id, number = batch.request_id, batch.number
         transfer = self._transfers.get(request_id)
         if transfer is None or number in transfer.received:
             return []
         transfer.sent_at = now  # progress: a large transfer is not asked for again
-        entries, outcomes = peer.decode_sync_entries(data)
-        for key, value, version, stamp in entries:
+        for key, value, version, stamp in batch.entries:
             if self.storage.apply(key, value, version, stamp, now):
                 self.stats.keys_received += 1
-        for message_id, err, slot in outcomes:
+        for message_id, err, slot in batch.outcomes:
             self.replies.put(message_id, err, now, slot)
         transfer.received.add(number)
         return self._maybe_complete(request_id, transfer, now)
 
-    def on_sync_done(self, data: bytes, now: float) -> list[Send]:
-        request_id, count = peer.decode_sync_head(data)
-        transfer = self._transfers.get(request_id)
+    def on_sync_done(self, done: SyncDone, src: Addr, now: float) -> list[Send]:
+        transfer = self._transfers.get(done.request_id)
         if transfer is None:
             return []
-        transfer.expected = count
-        transfer.strangers, transfer.unsure, transfer.vouched = peer.decode_sync_done(data)
-        return self._maybe_complete(request_id, transfer, now)
+        transfer.expected = done.batches
+        transfer.strangers, transfer.unsure, transfer.vouched = (
+            done.strangers, done.unsure, done.vouched
+        )  # fmt: skip
+        return self._maybe_complete(done.request_id, transfer, now)
 
     def _maybe_complete(self, request_id: int, transfer: _Transfer, now: float) -> list[Send]:
         if transfer.expected is None or len(transfer.received) < transfer.expected:
@@ -770,7 +780,7 @@ class Replication:
 
     def _finish_transfer(self, transfer: _Transfer, now: float) -> list[Send]:
         if transfer.confirm:
-            confirm = peer.encode_slots(peer.SYNC_CONFIRM, self.index, transfer.slots)
+            confirm = peer.encode_slots(SyncConfirm(self.index, tuple(transfer.slots)))
             return [(confirm, self.servers[transfer.source])]
         if not transfer.gating:
             if transfer.since == 0 and self._orphaned:
@@ -948,21 +958,20 @@ class Replication:
         for slot, members in self._handoff.items():
             for member in members:
                 by_member.setdefault(member, []).append(slot)
-        hint = peer.HANDOFF
         return [
-            (peer.encode_slots(hint, self.index, slots), self.servers[member])
+            (peer.encode_slots(Handoff(self.index, tuple(slots))), self.servers[member])
             for member, slots in by_member.items()
         ]
 
-    def on_handoff(self, data: bytes, now: float) -> list[Send]:
+    def on_handoff(self, hint: Handoff, src: Addr, now: float) -> list[Send]:
         """A node holds keys of slots we are a member of: pull them, then confirm.
 
         From a member of the chain (a head's hint), slots we are still waiting
         to pull are pulled from every member at once, without waiting out
         JOIN_DELAY: the head counts us already, and a copy is missing.
         """
-        source, slots = peer.decode_slots(data)
-        if not 0 <= source < len(self.servers) or source == self.index:
+        source, slots = hint
+        if source == self.index:
             return []
         chain_at, alive, r = self.ring.chain_at, self.alive, self.replicas
         now_due = {s for s in slots if s in self._deferred and source in chain_at(s, alive, r)}
@@ -973,9 +982,9 @@ class Replication:
             self._enqueue(source, rest, False, confirm=True)
         return self._pull_deferred(now) if now_due else self._pump(now)
 
-    def on_sync_confirm(self, data: bytes) -> None:
+    def on_sync_confirm(self, confirm: SyncConfirm, src: Addr, now: float) -> list[Send]:
         """A member has our keys of these slots: once all members do, drop them."""
-        member, slots = peer.decode_slots(data)
+        member, slots = confirm
         done: set[int] = set()
         for slot in slots:
             waiting = self._handoff.get(slot)
@@ -988,6 +997,7 @@ class Replication:
                     done.add(slot)
         for key, _ in self.storage.entries_in(done):
             self.storage.remove(key)  # no tombstone: the members have it
+        return []
 
     # -- status -----------------------------------------------------------------
 

@@ -9,16 +9,32 @@ REPLICATE / ACK carry a write down a chain and its acknowledgement back up;
 SYNC_REQUEST / SYNC_DATA / SYNC_DONE transfer the keys of ring slots;
 HANDOFF asks a slot's members to pull it from a node that holds keys of it
 without being a member, and SYNC_CONFIRM tells that node they have them.
+
+`decode` is the one way in: it turns a datagram into one of the immutable
+message types below, with every field checked against `PeerLimits` (node
+indices, slot numbers, key and value sizes), or raises PeerDecodeError.
+The core never sees a peer datagram's bytes. The types are NamedTuples:
+immutable and four times cheaper to build than frozen dataclasses, which
+counts on the write path (a PUT makes five of them).
 """
 
 from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Collection
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, NamedTuple
 
 from ringkv.wire import Addr
+from ringkv.wire.codec import (
+    MAX_KEY,
+    MAX_VALUE,
+    Command,
+    KVRequest,
+    WireError,
+    decode_msg,
+    decode_request,
+)
 
 MAGIC = b"RK"
 FORWARD = 1
@@ -36,10 +52,93 @@ SYNC_CONFIRM = 10
 SYNC_BATCH_BYTES = 30_000
 
 _FORWARD_HEAD = struct.Struct("!2sBBHB")  # magic, kind, hops, client port, host length
+_KEY_COMMANDS = frozenset((Command.PUT, Command.GET, Command.REMOVE))
 
 
 class PeerDecodeError(ValueError):
-    """A peer datagram that does not parse."""
+    """A peer datagram that does not parse, or names what cannot be."""
+
+
+class PeerLimits(NamedTuple):
+    """What a well-formed peer message may name in this cluster."""
+
+    nodes: int  # node indices are below this
+    slots: int  # ring slot numbers are below this
+
+
+def is_peer(data: bytes) -> bool:
+    return data[:2] == MAGIC
+
+
+# -- the messages ----------------------------------------------------------------
+
+
+class Forward(NamedTuple):
+    """A client's request passed on, decoded; `datagram` is passed on untouched."""
+
+    client: Addr
+    message_id: bytes
+    request: KVRequest
+    datagram: bytes
+    hops: int
+
+
+class StatusRequest(NamedTuple):
+    token: bytes
+
+
+class Ack(NamedTuple):
+    """The tail has a write: its sender may forget it."""
+
+    message_id: bytes
+
+
+class SyncRequest(NamedTuple):
+    """Send me your keys of these slots stamped `since` or later (0: all)."""
+
+    request_id: int
+    requester: int
+    since: int
+    slots: tuple[int, ...]
+
+
+class SyncData(NamedTuple):
+    """One numbered batch of a transfer's entries and reply outcomes."""
+
+    request_id: int
+    number: int
+    entries: list[TransferEntry]
+    outcomes: list[Outcome]
+
+
+class SyncDone(NamedTuple):
+    """A transfer's end: how many batches it had, and what the source is unsure of.
+
+    `strangers`: requested slots whose chain, as the source sees it, leaves the
+    requester out. `unsure`: slots the source may lack writes of -> the stamp
+    from which on it has every write; `vouched`: of those, the slots it vouches
+    for the requester's own copy of (see _VOUCHED).
+    """
+
+    request_id: int
+    batches: int
+    strangers: tuple[int, ...]
+    unsure: dict[int, int]
+    vouched: frozenset[int]
+
+
+class Handoff(NamedTuple):
+    """The sender holds keys of these slots: pull them from it, then confirm."""
+
+    sender: int
+    slots: tuple[int, ...]
+
+
+class SyncConfirm(NamedTuple):
+    """The sender has pulled these slots from a HANDOFF."""
+
+    sender: int
+    slots: tuple[int, ...]
 
 
 def encode_forward(client: Addr, datagram: bytes, hops: int = 1) -> bytes:
@@ -47,29 +146,35 @@ def encode_forward(client: Addr, datagram: bytes, hops: int = 1) -> bytes:
     return _FORWARD_HEAD.pack(MAGIC, FORWARD, hops, client[1], len(host)) + host + datagram
 
 
-def decode_forward(data: bytes) -> tuple[Addr, bytes, int]:
-    """Return (client address, client datagram, hops so far) of a FORWARD."""
+def _decode_forward(data: bytes, limits: PeerLimits) -> Forward:
     try:
-        magic, kind, hops, port, host_len = _FORWARD_HEAD.unpack_from(data)
+        _, _, hops, port, host_len = _FORWARD_HEAD.unpack_from(data)
     except struct.error as exc:
-        raise PeerDecodeError("short peer datagram") from exc
+        raise PeerDecodeError("short FORWARD") from exc
     start = _FORWARD_HEAD.size
-    if magic != MAGIC or kind != FORWARD or len(data) < start + host_len:
-        raise PeerDecodeError("not a FORWARD")
+    if len(data) < start + host_len:
+        raise PeerDecodeError("short FORWARD")
     host = data[start : start + host_len].decode(errors="replace")
-    return (host, port), data[start + host_len :], hops
-
-
-def kind_of(data: bytes) -> int:
-    return data[2] if len(data) > 2 else 0
+    datagram = data[start + host_len :]
+    try:
+        message_id, payload = decode_msg(datagram)
+        request = decode_request(payload)
+    except WireError as exc:
+        raise PeerDecodeError("FORWARD of a bad client datagram") from exc
+    # Only key commands are forwarded, once the first node has validated them.
+    if request.command not in _KEY_COMMANDS or not 0 < len(request.key) <= MAX_KEY:
+        raise PeerDecodeError("FORWARD of a request no node forwards")
+    if len(request.value) > MAX_VALUE:
+        raise PeerDecodeError("FORWARD of a value over the limit")
+    return Forward((host, port), message_id, request, datagram, hops)
 
 
 def encode_status_request(token: bytes) -> bytes:
     return MAGIC + bytes((STATUS_REQUEST,)) + token
 
 
-def status_token(data: bytes) -> bytes:
-    return data[3:]
+def _decode_status_request(data: bytes, limits: PeerLimits) -> StatusRequest:
+    return StatusRequest(data[3:])
 
 
 def encode_status_reply(token: bytes, status: dict[str, Any]) -> bytes:
@@ -78,7 +183,7 @@ def encode_status_reply(token: bytes, status: dict[str, Any]) -> bytes:
 
 
 def decode_status_reply(data: bytes) -> tuple[bytes, dict[str, Any]]:
-    """Return (token, status) of a STATUS reply."""
+    """Return (token, status) of a STATUS reply (read by `ringkv cluster status`)."""
     if len(data) < 4 or data[:2] != MAGIC or data[2] != STATUS_REPLY:
         raise PeerDecodeError("not a STATUS reply")
     end = 4 + data[3]
@@ -97,34 +202,26 @@ def decode_status_reply(data: bytes) -> tuple[bytes, dict[str, Any]]:
 _REPLICATE_HEAD = struct.Struct("!2sBBBQiHBBBBB")
 
 
-class Write:
-    """A write travelling down a chain, with what the tail needs to answer the client."""
+class Write(NamedTuple):
+    """A write travelling down a chain (REPLICATE), with what the tail needs to
+    answer the client."""
 
-    __slots__ = (
-        "client", "err", "key", "message_id", "path", "stamp", "targets", "value", "version",
-    )  # fmt: skip
+    message_id: bytes
+    client: Addr
+    err: int
+    key: bytes
+    value: bytes | None  # None: a remove
+    version: int
+    stamp: int
+    path: tuple[int, ...]  # nodes that applied it, head first
+    targets: tuple[int, ...] = ()  # every node some member of the path meant it for
 
-    def __init__(
-        self,
-        message_id: bytes,
-        client: Addr,
-        err: int,
-        key: bytes,
-        value: bytes | None,
-        version: int,
-        stamp: int,
-        path: tuple[int, ...],
-        targets: tuple[int, ...] = (),
-    ) -> None:
-        self.message_id = message_id
-        self.client = client
-        self.err = err
-        self.key = key
-        self.value = value  # None: a remove
-        self.version = version
-        self.stamp = stamp
-        self.path = path  # nodes that applied it, head first
-        self.targets = targets  # every node some member of the path meant it for
+    def routed(self, path: tuple[int, ...], targets: tuple[int, ...]) -> Write:
+        """The same write with another path and targets (it moved on)."""
+        return Write(
+            self.message_id, self.client, self.err, self.key, self.value, self.version,
+            self.stamp, path, targets,
+        )  # fmt: skip
 
 
 def encode_replicate(write: Write) -> bytes:
@@ -140,7 +237,7 @@ def encode_replicate(write: Write) -> bytes:
     return b"".join((head, host, write.message_id, write.key, path, value))
 
 
-def decode_replicate(data: bytes) -> Write:
+def _decode_replicate(data: bytes, limits: PeerLimits) -> Write:
     try:
         (_, _, removed, err, stamp, version, port, host_len, id_len, key_len, path_len,
          targets_len) = _REPLICATE_HEAD.unpack_from(data)  # fmt: skip
@@ -156,6 +253,12 @@ def decode_replicate(data: bytes) -> Write:
     except struct.error as exc:
         raise PeerDecodeError("short REPLICATE") from exc
     value = None if removed else data[pos:]
+    if not 0 < len(key) <= MAX_KEY or len(key) != key_len or len(message_id) != id_len:
+        raise PeerDecodeError("REPLICATE with a bad key or message ID")
+    if value is not None and len(value) > MAX_VALUE:
+        raise PeerDecodeError("REPLICATE of a value over the limit")
+    if path_len == 0 or not _indices_ok(nodes, limits.nodes):
+        raise PeerDecodeError("REPLICATE naming no node or an unknown one")
     path, targets = nodes[:path_len], nodes[path_len:]
     return Write(message_id, (host, port), err, key, value, version, stamp, path, targets)
 
@@ -164,8 +267,8 @@ def encode_ack(message_id: bytes) -> bytes:
     return MAGIC + bytes((ACK,)) + message_id
 
 
-def decode_ack(data: bytes) -> bytes:
-    return data[3:]
+def _decode_ack(data: bytes, limits: PeerLimits) -> Ack:
+    return Ack(data[3:])
 
 
 # -- key transfer ----------------------------------------------------------------
@@ -184,40 +287,58 @@ Outcome = tuple[bytes, int, int]  # message ID, error code, slot: at-most-once t
 _VALUE, _TOMBSTONE, _OUTCOME = 0, 1, 2  # entry kinds
 
 
-def encode_sync_request(request_id: int, requester: int, since: int, slots: list[int]) -> bytes:
+def encode_sync_request(request: SyncRequest) -> bytes:
     """SYNC_REQUEST: the requester's index and the oldest stamp wanted, then the slots."""
-    return encode_slots(
-        SYNC_REQUEST, request_id, [requester, since >> 32, since & 0xFFFFFFFF, *slots]
-    )
+    since = request.since
+    numbers = [request.requester, since >> 32, since & 0xFFFFFFFF, *request.slots]
+    return _encode_numbers(SYNC_REQUEST, request.request_id, numbers)
 
 
-def decode_sync_request(data: bytes) -> tuple[int, int, int, list[int]]:
-    """(request id, requester, since: entries stamped earlier are not wanted, slots)."""
-    request_id, numbers = decode_slots(data)
+def _decode_sync_request(data: bytes, limits: PeerLimits) -> SyncRequest:
+    request_id, numbers = _decode_numbers(data)
     if len(numbers) < 3:
         raise PeerDecodeError("SYNC_REQUEST without its requester")
-    return request_id, numbers[0], numbers[1] << 32 | numbers[2], numbers[3:]
+    requester, slots = numbers[0], numbers[3:]
+    if requester >= limits.nodes or not _indices_ok(slots, limits.slots):
+        raise PeerDecodeError("SYNC_REQUEST naming an unknown node or slot")
+    return SyncRequest(request_id, requester, numbers[1] << 32 | numbers[2], slots)
 
 
-def encode_slots(kind: int, number: int, slots: list[int]) -> bytes:
-    """HANDOFF and SYNC_CONFIRM (number: sender); the body of SYNC_REQUEST."""
-    head = _SYNC_HEAD.pack(MAGIC, kind, number, len(slots))
-    return head + struct.pack(f"!{len(slots)}I", *slots)
+def encode_slots(message: Handoff | SyncConfirm) -> bytes:
+    """HANDOFF or SYNC_CONFIRM: the sender, then the slots."""
+    kind = HANDOFF if isinstance(message, Handoff) else SYNC_CONFIRM
+    return _encode_numbers(kind, message.sender, message.slots)
 
 
-def decode_slots(data: bytes) -> tuple[int, list[int]]:
+def _decode_slots(data: bytes, limits: PeerLimits) -> Handoff | SyncConfirm:
+    sender, slots = _decode_numbers(data)
+    if sender >= limits.nodes or not _indices_ok(slots, limits.slots):
+        raise PeerDecodeError("slot list naming an unknown node or slot")
+    return (Handoff if data[2] == HANDOFF else SyncConfirm)(sender, slots)
+
+
+def _encode_numbers(kind: int, number: int, numbers: Sequence[int]) -> bytes:
+    head = _SYNC_HEAD.pack(MAGIC, kind, number, len(numbers))
+    return head + struct.pack(f"!{len(numbers)}I", *numbers)
+
+
+def _decode_numbers(data: bytes) -> tuple[int, tuple[int, ...]]:
     try:
         _, _, number, count = _SYNC_HEAD.unpack_from(data)
-        return number, list(struct.unpack_from(f"!{count}I", data, _SYNC_HEAD.size))
+        return number, struct.unpack_from(f"!{count}I", data, _SYNC_HEAD.size)
     except struct.error as exc:
         raise PeerDecodeError("short slot list") from exc
+
+
+def _indices_ok(numbers: Sequence[int], limit: int) -> bool:
+    return not numbers or max(numbers) < limit
 
 
 def encode_sync_batches(
     request_id: int,
     entries: list[TransferEntry],
-    outcomes: list[Outcome] = (),  # type: ignore[assignment]
-    strangers: list[int] = (),  # type: ignore[assignment]
+    outcomes: Sequence[Outcome] = (),
+    strangers: Sequence[int] = (),
     unsure: dict[int, int] | None = None,
     vouched: Collection[int] = (),
 ) -> list[bytes]:
@@ -260,7 +381,7 @@ def _batch(request_id: int, number: int, parts: list[bytes]) -> bytes:
     return _SYNC_HEAD.pack(MAGIC, SYNC_DATA, request_id, number) + b"".join(parts)
 
 
-def decode_sync_head(data: bytes) -> tuple[int, int]:
+def _sync_head(data: bytes) -> tuple[int, int]:
     """(request id, batch number or, for SYNC_DONE, the number of batches)."""
     try:
         _, _, request_id, number = _SYNC_HEAD.unpack_from(data)
@@ -269,10 +390,8 @@ def decode_sync_head(data: bytes) -> tuple[int, int]:
     return request_id, number
 
 
-def decode_sync_done(data: bytes) -> tuple[list[int], dict[int, int], set[int]]:
-    """A SYNC_DONE's slots: (those whose chain at the source leaves the requester
-    out, those the source is unsure of -> the stamp from which on it has all,
-    those of these it vouches for)."""
+def _decode_sync_done(data: bytes, limits: PeerLimits) -> SyncDone:
+    request_id, batches = _sync_head(data)
     strangers: list[int] = []
     unsure: dict[int, int] = {}
     vouched: set[int] = set()
@@ -291,10 +410,13 @@ def decode_sync_done(data: bytes) -> tuple[list[int], dict[int, int], set[int]]:
                 strangers.append(slot)
     except struct.error as exc:
         raise PeerDecodeError("bad SYNC_DONE") from exc
-    return strangers, unsure, vouched
+    if not _indices_ok(strangers, limits.slots) or not _indices_ok(list(unsure), limits.slots):
+        raise PeerDecodeError("SYNC_DONE naming an unknown slot")
+    return SyncDone(request_id, batches, tuple(strangers), unsure, frozenset(vouched))
 
 
-def decode_sync_entries(data: bytes) -> tuple[list[TransferEntry], list[Outcome]]:
+def _decode_sync_data(data: bytes, limits: PeerLimits) -> SyncData:
+    request_id, number = _sync_head(data)
     entries: list[TransferEntry] = []
     outcomes: list[Outcome] = []
     pos = _SYNC_HEAD.size
@@ -305,7 +427,11 @@ def decode_sync_entries(data: bytes) -> tuple[list[TransferEntry], list[Outcome]
             key = data[pos : pos + key_len]
             pos += key_len
             if kind == _OUTCOME:
+                if stamp >= limits.slots:
+                    raise PeerDecodeError("SYNC_DATA outcome of an unknown slot")
                 outcomes.append((key, version, stamp))
+            elif key_len == 0 or key_len > MAX_KEY or value_len > MAX_VALUE:
+                raise PeerDecodeError("SYNC_DATA entry over the limits")
             else:
                 value = None if kind == _TOMBSTONE else data[pos : pos + value_len]
                 entries.append((key, value, version, stamp))
@@ -314,4 +440,41 @@ def decode_sync_entries(data: bytes) -> tuple[list[TransferEntry], list[Outcome]
         raise PeerDecodeError("truncated SYNC_DATA") from exc
     if pos != len(data):
         raise PeerDecodeError("truncated SYNC_DATA")
-    return entries, outcomes
+    return SyncData(request_id, number, entries, outcomes)
+
+
+# -- the one way in ----------------------------------------------------------------
+
+PeerMessage = (
+    Forward
+    | StatusRequest
+    | Write
+    | Ack
+    | SyncRequest
+    | SyncData
+    | SyncDone
+    | Handoff
+    | SyncConfirm
+)
+
+_DECODERS: dict[int, Callable[[bytes, PeerLimits], PeerMessage]] = {
+    FORWARD: _decode_forward,
+    STATUS_REQUEST: _decode_status_request,
+    REPLICATE: _decode_replicate,
+    ACK: _decode_ack,
+    SYNC_REQUEST: _decode_sync_request,
+    SYNC_DATA: _decode_sync_data,
+    SYNC_DONE: _decode_sync_done,
+    HANDOFF: _decode_slots,
+    SYNC_CONFIRM: _decode_slots,
+}
+
+
+def decode(data: bytes, limits: PeerLimits) -> PeerMessage:
+    """A peer datagram as its message, checked against `limits`; or PeerDecodeError."""
+    if len(data) < 3 or data[:2] != MAGIC:
+        raise PeerDecodeError("not a peer datagram")
+    decoder = _DECODERS.get(data[2])
+    if decoder is None:
+        raise PeerDecodeError(f"no node takes peer messages of kind {data[2]}")
+    return decoder(data, limits)
