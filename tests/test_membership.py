@@ -19,7 +19,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ringkv.core.membership import Membership, MembershipConfig
+from ringkv.core.membership import (
+    DoubtChanged,
+    Membership,
+    MembershipConfig,
+    Paused,
+    Suspected,
+    ViewChanged,
+)
 from ringkv.runtime.server import tick_after
 from ringkv.wire.gossip import (
     ACK,
@@ -320,6 +327,26 @@ def test_a_late_tick_short_of_a_pause_puts_the_node_in_doubt_until_a_view_comes(
     view = tuple(Entry(i, ALIVE, 0, i) for i in range(5))
     member.on_message(encode(GossipMsg(SYNC_ACK, 2, 0, 1, 0, view)), 0.66)
     assert not member.in_doubt()
+
+
+def test_membership_reports_doubt_a_pause_a_suspicion_and_view_changes_as_events() -> None:
+    member = Membership(0, 5)
+    member.on_tick(0.05)
+    assert member.take_events() == []
+    member.on_tick(0.65)  # late, short of a pause
+    assert member.take_events() == [DoubtChanged(True)]
+    view = tuple(Entry(i, ALIVE, 0, i) for i in range(5))
+    member.on_message(encode(GossipMsg(SYNC_ACK, 2, 0, 1, 0, view)), 0.66)
+    assert member.take_events() == [DoubtChanged(False)]
+    member.on_tick(3.7)  # stopped for 3 s
+    assert member.take_events() == [Paused(pytest.approx(3.04)), DoubtChanged(True)]
+    about_me = (Entry(0, SUSPECT, member.incarnation, 3),)
+    member.on_message(encode(GossipMsg(PING, 3, 0, 9, 0, about_me)), 3.71)
+    assert Suspected() in member.take_events()
+    member.on_message(encode(GossipMsg(PING, 3, 0, 10, 0, (Entry(4, DEAD, 0, 3),))), 3.72)
+    everyone_but_4 = frozenset(range(4))
+    assert member.take_events() == [ViewChanged(everyone_but_4, everyone_but_4)]
+    assert member.take_events() == []
 
 
 def test_a_probe_of_an_old_incarnation_does_not_suspect_the_new_one() -> None:

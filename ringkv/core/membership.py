@@ -50,6 +50,10 @@ view, and `last_pause` lets replication treat its data as stale. A driver may
 skip ticks with nothing due (`next_due`, `skip_until`): lateness then counts
 from the last tick it skipped, so a stop is measured up to one skipped span
 short.
+
+What the node's layers above must know, membership reports as events
+(`take_events`): this node was paused, it was suspected, the view changed,
+its doubt began or ended.
 """
 
 from __future__ import annotations
@@ -80,6 +84,37 @@ from ringkv.wire.gossip import (
 )
 
 Send = tuple[bytes, int]  # (datagram, destination node index)
+
+
+@dataclass(frozen=True, slots=True)
+class Paused:
+    """This node was stopped for `gap` seconds (its own clock jumped)."""
+
+    gap: float
+
+
+@dataclass(frozen=True, slots=True)
+class Suspected:
+    """Others suspected this node or declared it dead (it has refuted): they may
+    have routed around it meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
+class ViewChanged:
+    """Who is believed healthy (alive, not suspected) or not dead changed."""
+
+    healthy: frozenset[int]
+    alive: frozenset[int]  # alive or suspect
+
+
+@dataclass(frozen=True, slots=True)
+class DoubtChanged:
+    """This node began to doubt its view (it ran late) or heard a member's view."""
+
+    in_doubt: bool
+
+
+MembershipEvent = Paused | Suspected | ViewChanged | DoubtChanged
 
 
 @dataclass(frozen=True)
@@ -195,9 +230,7 @@ class Membership:
         self._alive = frozenset(range(n_nodes))
         self._healthy = self._alive
         self.view_version = 0
-        # Bumped whenever alive(), healthy(), pauses or times_suspected change,
-        # so a caller polling them after every datagram can look at one int.
-        self.changes = 0
+        self._events: list[MembershipEvent] = []  # not yet taken (take_events)
         self.local_health = 0
         self.pauses = 0
         self.deaths = 0  # times this node marked another dead (false deaths show here)
@@ -249,6 +282,13 @@ class Membership:
 
     def state_of(self, i: int) -> str:
         return STATE_NAMES[self._state[i]]
+
+    def take_events(self) -> list[MembershipEvent]:
+        """What changed since the last call, oldest first (usually nothing)."""
+        events = self._events
+        if events:
+            self._events = []
+        return events
 
     # ----- inputs --------------------------------------------------------
 
@@ -390,7 +430,7 @@ class Membership:
         out: list[Send] = []
         if not self._resync:
             self._resync = True
-            self.changes += 1
+            self._events.append(DoubtChanged(True))
             self._send_sync(out, self.config.sync_fanout)
         return out
 
@@ -400,13 +440,15 @@ class Membership:
 
     def _on_pause(self, gap: float) -> list[Send]:
         self.pauses += 1
-        self.changes += 1
+        self._events.append(Paused(gap))
         self.last_pause = self._now
         self.last_pause_gap = gap
         # Others may have declared us dead: come back at a higher incarnation.
         self._inc[self.index] += 1
         self._rumor(self._entry(self.index), push=True)
-        self._resync = True
+        if not self._resync:
+            self._resync = True
+            self._events.append(DoubtChanged(True))
         out: list[Send] = []
         self._send_sync(out, self.config.sync_fanout)
         return out
@@ -437,8 +479,8 @@ class Membership:
             self._inc[self.index] = max(mine, inc)
         elif inc >= mine:
             self._inc[self.index] = inc + 1
-            self.times_suspected += 1  # others may have routed around us meanwhile
-            self.changes += 1
+            self.times_suspected += 1
+            self._events.append(Suspected())  # others may have routed around us meanwhile
             self._bump_health(1)  # being suspected hints that we are the slow one
             self._rumor(self._entry(self.index), push=True)
 
@@ -455,13 +497,16 @@ class Membership:
         else:
             self._suspicions.pop(node, None)
             origin = node
+        changed = False
         if was_dead != (state == DEAD):
             self._alive = frozenset(i for i, s in enumerate(self._state) if s != DEAD)
             self.view_version += 1
-            self.changes += 1
+            changed = True
         if (node in self._healthy) != (state == ALIVE):
             self._healthy = frozenset(i for i, s in enumerate(self._state) if s == ALIVE)
-            self.changes += 1
+            changed = True
+        if changed:
+            self._events.append(ViewChanged(self._healthy, self._alive))
         self._rumor(Entry(node, state, inc, origin), push=True)
 
     def _confirm(self, node: int, origin: int) -> None:
@@ -495,7 +540,7 @@ class Membership:
             out.append(self._msg(SYNC_ACK, msg.sender, msg.seq, full=True))
         elif kind == SYNC_ACK and self._resync:
             self._resync = False
-            self.changes += 1
+            self._events.append(DoubtChanged(False))
 
     def _on_ack(self, seq: int, out: list[Send]) -> None:
         probe = self._probe

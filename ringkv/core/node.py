@@ -93,16 +93,13 @@ class Node:
             else None
         )
         self._gossip_addrs = [gossip_addr(addr) for addr in config.servers]
+        alive = frozenset((self.index,)) if self.membership is None else self.membership.healthy()
         self.replication = Replication(
             self.index, config.servers, self.ring, config.replicas, self.storage, self.replies,
-            config.clock_offset,
+            config.clock_offset, alive,
         )  # fmt: skip
-        self.replication.alive = self._alive()
         self._limits = PeerLimits(n_nodes, ring.slots)
         self._peer_handlers = self._handlers_by_type()
-        self._seen_pauses = 0
-        self._seen_suspected = 0
-        self._seen_changes = -1  # the first call looks
         self.replication.on_start(now)
 
     # -- entry points -------------------------------------------------------
@@ -166,29 +163,12 @@ class Node:
         if self.membership is not None:
             self.membership.skip_until(when)
 
-    def _alive(self) -> frozenset[int]:
-        return frozenset((self.index,)) if self.membership is None else self.membership.healthy()
-
     def _follow_membership(self, now: float) -> list[Send]:
-        """Tell replication about a pause of this node or a change in who is alive."""
-        membership = self.membership
-        assert membership is not None
-        if membership.changes == self._seen_changes:
-            return []  # called after every datagram; almost always nothing to follow
-        self._seen_changes = membership.changes
-        sends: list[Send] = []
-        if membership.pauses != self._seen_pauses:
-            self._seen_pauses = membership.pauses
-            self.replication.alive = membership.healthy()
-            self.replication.on_pause(membership.last_pause_gap, now)
-        if membership.times_suspected != self._seen_suspected:
-            self._seen_suspected = membership.times_suspected
-            self.replication.on_suspected(now)
-        self.replication.not_dead = membership.alive()
-        self.replication.in_doubt = membership.in_doubt()
-        if membership.healthy() is not self.replication.alive:
-            sends.extend(self.replication.on_view(membership.healthy(), now))
-        return sends
+        """Pass what membership learnt (a pause, a suspicion, a new view) to replication."""
+        assert self.membership is not None
+        events = self.membership.take_events()
+        # Called after every datagram; almost always nothing to follow.
+        return self.replication.on_membership(events, now) if events else []
 
     def _to_gossip(self, sends: list[tuple[bytes, int]]) -> list[Send]:
         self.stats.gossip_sent += len(sends)

@@ -71,8 +71,16 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ringkv.core.membership import (
+    DoubtChanged,
+    MembershipEvent,
+    Paused,
+    Suspected,
+    ViewChanged,
+)
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
@@ -156,6 +164,7 @@ class Replication:
         storage: Storage,
         replies: ReplyCache,
         clock_offset: float = 0.0,
+        alive: frozenset[int] | None = None,
     ) -> None:
         self.index = index
         self.servers = servers
@@ -165,7 +174,8 @@ class Replication:
         self.replies = replies
         self.clock_offset = clock_offset
         self.stats = ReplicationStats()
-        self.alive: frozenset[int] = frozenset(range(len(servers)))  # healthy: chains
+        # Healthy nodes (alive, not suspected): chains are made of these.
+        self.alive = frozenset(range(len(servers))) if alive is None else alive
         self.not_dead: frozenset[int] = self.alive  # alive or suspect: may still serve
         self._my_slots = self._slots_of_mine(self.alive)
         self._pending: dict[bytes, _Pending] = {}
@@ -404,6 +414,31 @@ class Replication:
         return []
 
     # -- membership changes -----------------------------------------------------
+
+    def on_membership(self, events: Sequence[MembershipEvent], now: float) -> list[Send]:
+        """What membership learnt in one call, taken in the order that keeps reads safe.
+
+        A pause or a suspicion first: every slot is pulled again, and a pause
+        adopts the view it wakes up to without counting it as a change. Then
+        doubt and who is not dead; then the view, if it changed.
+        """
+        view: ViewChanged | None = None
+        for event in events:
+            if isinstance(event, ViewChanged):
+                view = event
+            elif isinstance(event, DoubtChanged):
+                self.in_doubt = event.in_doubt
+        pause = next((e for e in reversed(events) if isinstance(e, Paused)), None)
+        if pause is not None:
+            if view is not None:
+                self.alive = view.healthy
+            self.on_pause(pause.gap, now)
+        if any(isinstance(event, Suspected) for event in events):
+            self.on_suspected(now)
+        if view is None:
+            return []
+        self.not_dead = view.alive
+        return self.on_view(view.healthy, now) if view.healthy != self.alive else []
 
     def on_view(self, alive: frozenset[int], now: float) -> list[Send]:
         """The set of live nodes changed: pull newly owned slots, plan the settling pull."""
