@@ -206,9 +206,13 @@ def test_replication_is_due_only_while_something_waits_on_a_timer() -> None:
     node = _two_nodes()
     replication = node.replication
     assert replication.next_due(0.0) == 0.0  # the start-up pull is deferred
-    replication._deferred.clear()
-    replication._unsynced.clear()
-    replication._settle_at = None
+    limits = peer.PeerLimits(2, node.ring.slots)
+    sent = replication.on_tick(0.6)  # join_delay later, the pull goes out ...
+    for data, _ in sent:
+        request = peer.decode(data, limits)
+        assert isinstance(request, peer.SyncRequest)
+        done = peer.SyncDone(request.request_id, 0, (), {}, frozenset())
+        replication.on_sync_done(done, ("127.0.0.1", 43101), 0.7)  # ... and is answered
     assert replication.next_due(1.0) == math.inf
-    replication._settle_at = 5.0
-    assert replication.next_due(1.0) == 1.0
+    replication.on_view(frozenset({0}), 2.0)  # the other node left: a settling pull is planned
+    assert replication.next_due(2.1) == 2.1

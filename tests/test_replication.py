@@ -14,15 +14,9 @@ from typing import Any
 
 import pytest
 
+from ringkv.core.membership import DoubtChanged
 from ringkv.core.node import Node
-from ringkv.core.replication import (
-    LINGER,
-    LOOKBACK,
-    MAX_HOPS,
-    NO_FLOOR,
-    Replication,
-    _Transfer,
-)
+from ringkv.core.replication import NO_FLOOR, Phase, Replication, ReplicationConfig
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
@@ -41,7 +35,7 @@ from ringkv.wire.codec import (
     decode_response,
     encode_request,
 )
-from ringkv.wire.peer import Ack, Handoff, SyncData, SyncDone, SyncRequest, Write
+from ringkv.wire.peer import Ack, Handoff, SyncConfirm, SyncData, SyncDone, SyncRequest, Write
 
 # Patient enough to outlast failure detection (~4 s) and a chain repair:
 # 0.25 s doubling, 7 tries, about 32 s in all.
@@ -73,7 +67,7 @@ def settle(sim: Simulator, limit: float = 40.0) -> None:
             replication = full_node(sim, i).replication
             if replication.unsynced_slots() or replication.transfers_in_progress():
                 return False
-            if replication._settle_at is not None:
+            if replication.settle_planned():
                 return False  # the settling pull after the last change is still to come
         return True
 
@@ -103,7 +97,8 @@ def read_everywhere(sim: Simulator, key: bytes) -> list[Op]:
 
 def chain_of(sim: Simulator, key: bytes) -> tuple[int, ...]:
     node = full_node(sim, sim.nodes_in(UP)[0])
-    return node.ring.chain(key, node.replication.alive, node.replication.replicas)
+    view = node.replication.view
+    return view.chain(view.slot_of(key))
 
 
 def outsider(sim: Simulator, chain: Sequence[int]) -> int:
@@ -481,7 +476,6 @@ def test_head_of_a_changed_chain_hints_its_new_members_to_pull() -> None:
     me, gone = 0, 3
     replication = Replication(me, servers, ring, 3, _indexed_store(ring), ReplyCache())
     replication.on_view(everyone, 0.0)
-    replication._unsynced.clear()  # as after the start-up pull
     sends = replication.on_view(everyone - {gone}, 1.0)
 
     expected: dict[int, set[int]] = {}
@@ -513,28 +507,49 @@ def sync_data(data: bytes) -> SyncData:
     return batch
 
 
+CONFIG = ReplicationConfig()
+SRC = ("peer", 1)
+
+
 def _lone_replication(index: int = 0, nodes: int = 4) -> Replication:
+    """A node's replication with every node alive, every slot whole, nothing pending."""
     servers = tuple(node_addr(i) for i in range(nodes))
     ring = Ring(nodes, vnodes=8)
     return Replication(index, servers, ring, 3, _indexed_store(ring), ReplyCache())
 
 
 def _settled_replication(nodes: int = 6) -> Replication:
-    """Node 0 with every node alive and every slot pulled, nothing pending."""
-    node = _lone_replication(0, nodes)
-    node.on_view(frozenset(range(nodes)), 0.0)
-    node._unsynced.clear()
-    node._deferred.clear()
-    return node
+    return _lone_replication(0, nodes)
+
+
+def _pull_requests(sends: list[tuple[bytes, Addr]]) -> list[SyncRequest]:
+    return [m for data, _ in sends if isinstance(m := decoded(data), SyncRequest)]
+
+
+def _answer(node: Replication, requests: list[SyncRequest], now: float, floor: int = 0) -> None:
+    """Every source answers with no keys, sure of the slots (floor 0) or not; so do
+    the sources of the pulls that the answers let through."""
+    while requests:
+        request = requests.pop(0)
+        unsure = dict.fromkeys(request.slots, floor) if floor else {}
+        done = SyncDone(request.request_id, 0, (), unsure, frozenset())
+        requests += _pull_requests(node.on_sync_done(done, SRC, now))
+
+
+def _hold(node: Replication, slot: int, at: float, floor: int = NO_FLOOR) -> None:
+    """Drive the slot to HELD through its transitions: marked and pulled at `at`, and
+    no source sure of it (each has every write only from `floor` on)."""
+    node.slots.mark({slot}, at, due=at)
+    _answer(node, _pull_requests(node.on_tick(at)), at, floor)
+    assert node.slots.phase(slot) is Phase.HELD
 
 
 def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it() -> None:
     requester = _lone_replication(0)
-    requester._unsynced.clear()
     requester.on_pause(gap=20.0, now=100.0)
-    requests = requester.on_tick(100.0 + 1.0)  # JOIN_DELAY later
+    requests = requester.on_tick(100.0 + 1.0)  # join_delay later
     assert requests
-    missed_since = requester._stamp_at(100.0 - 20.0 - LOOKBACK)
+    missed_since = requester.writes.stamp_at(100.0 - 20.0 - CONFIG.lookback)
     for data, _ in requests:
         _, who, since, _ = sync_request(data)
         assert (who, since) == (0, missed_since)
@@ -545,8 +560,8 @@ def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it
     keys = {b"old-%d" % i: old for i in range(20)} | {b"new-%d" % i: new for i in range(20)}
     for key, stamp in keys.items():
         source.storage.apply(key, b"v", 1, stamp, 0.0)
-    everything = tuple(range(source.ring.slots))
-    answer = source.on_sync_request(SyncRequest(9, 0, missed_since, everything), ("x", 1), 100.0)
+    everything = tuple(range(source.view.ring.slots))
+    answer = source.on_sync_request(SyncRequest(9, 0, missed_since, everything), SRC, 100.0)
     sent = [entry for data, _ in answer[:-1] for entry in sync_data(data).entries]
     assert sorted(key for key, *_ in sent) == sorted(k for k, st in keys.items() if st == new)
 
@@ -554,7 +569,6 @@ def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it
 def test_a_node_paused_past_the_tombstone_lifetime_pulls_everything() -> None:
     """It dropped its copies on resume, so an incremental pull would leave them missing."""
     node = _lone_replication(0)
-    node._unsynced.clear()
     node.on_pause(gap=TOMBSTONE_TTL + 1.0, now=1000.0)
     requests = node.on_tick(1001.0)
     assert requests
@@ -563,14 +577,15 @@ def test_a_node_paused_past_the_tombstone_lifetime_pulls_everything() -> None:
 
 def test_a_transfer_still_receiving_batches_is_not_asked_for_again() -> None:
     node = _lone_replication(0)
-    node._unsynced.clear()
     node.on_start(0.0)
     first = node.on_tick(1.0)
-    request_id = sync_request(first[0][0]).request_id
+    data, source = first[0]
+    request_id = sync_request(data).request_id
     batch = sync_data(peer.encode_sync_batches(request_id, [(b"k", b"v", 1, 5)])[0])
-    node.on_sync_data(batch, ("x", 1), 1.9)  # progress just before SYNC_RETRY runs out
-    node.on_tick(2.5)
-    assert request_id in node._transfers  # still waiting for the rest, not asked again
+    node.on_sync_data(batch, SRC, 1.9)  # progress just before sync_retry runs out
+    retried = _requested(node.on_tick(2.5), node.servers)
+    assert retried  # the other pull, silent since 1.0, is asked for again ...
+    assert node.servers.index(source) not in retried  # ... this one waits for the rest
 
 
 def _requested(sends: list[tuple[bytes, Addr]], servers: Sequence[Addr]) -> dict[int, set[int]]:
@@ -583,54 +598,60 @@ def _requested(sends: list[tuple[bytes, Addr]], servers: Sequence[Addr]) -> dict
 
 
 def test_a_heads_hint_pulls_a_joined_slot_from_every_member_at_once() -> None:
-    """The hint skips JOIN_DELAY: the head counts us already and a copy is missing."""
+    """The hint skips join_delay: the head counts us already and a copy is missing."""
     node = _settled_replication()
     everyone = frozenset(range(6))
     alive = everyone - {5}
-    node.on_view(alive, 1.0)  # node 5 left: node 0 joins chains, pulls them JOIN_DELAY later
-    slot, chain = next(
-        (s, c) for s in node._deferred if (c := node.ring.chain_at(s, alive, 3))[0] != 0
-    )
+    view = node.view
+    before = set(view.mine)
+    node.on_view(alive, 1.0)  # node 5 left: node 0 joins chains, pulls them join_delay later
+    slot, chain = next((s, c) for s in sorted(view.mine - before) if (c := view.chain(s))[0] != 0)
+    assert node.slots.pull_waits(slot)
     head = chain[0]
-    sends = node.on_handoff(Handoff(head, (slot,)), ("x", 1), 1.01)
+    sends = node.on_handoff(Handoff(head, (slot,)), SRC, 1.01)
     asked = _requested(sends, node.servers)
     assert {m for m, slots in asked.items() if slot in slots} == set(chain) - {0}
-    assert slot in node._unsynced and slot not in node._deferred  # a gating pull, under way
+    assert node.slots.phase(slot) is Phase.PULLING and not node.slots.pull_waits(slot)
 
 
 def test_a_hint_from_a_non_member_is_pulled_and_confirmed_as_before() -> None:
     node = _settled_replication()
-    slot = next(iter(node._my_slots))
-    outsider = next(i for i in range(6) if i not in node.ring.chain_at(slot, node.alive, 3))
-    sends = node.on_handoff(Handoff(outsider, (slot,)), ("x", 1), 1.0)
+    slot = min(node.view.mine)
+    outsider = next(i for i in range(6) if i not in node.view.chain(slot))
+    sends = node.on_handoff(Handoff(outsider, (slot,)), SRC, 1.0)
+    request = _pull_requests(sends)
     assert _requested(sends, node.servers) == {outsider: {slot}}
-    assert any(key[2] for key in node._queue) or any(t.confirm for t in node._transfers.values())
+    # Once its keys are here, the outsider is told so.
+    done = SyncDone(request[0].request_id, 0, (), {}, frozenset())
+    (confirm,) = node.on_sync_done(done, SRC, 1.1)
+    assert decoded(confirm[0]) == SyncConfirm(0, (slot,))
+    assert confirm[1] == node.servers[outsider]
 
 
 def test_transfers_from_a_node_that_left_the_view_free_their_place_at_once() -> None:
     node = _settled_replication()
     everyone = frozenset(range(6))
-    slots = sorted(node._my_slots)
-    gone = next(m for m in node.ring.chain_at(slots[0], everyone, 3) if m != 0)
+    slots = sorted(node.view.mine)
+    gone = next(m for m in node.view.chain(slots[0]) if m != 0)
     others = [i for i in range(1, 6) if i != gone]
-    node._enqueue(gone, slots[:1], True)
-    node._enqueue(others[0], slots[:1], True)
-    node._enqueue(others[1], slots[:1], True)  # waits: MAX_TRANSFERS in flight
-    node._pump(0.0)
-    assert {t.source for t in node._transfers.values()} == {gone, others[0]}
-    sends = node.on_view(everyone - {gone}, 0.2)  # well before SYNC_RETRY
+    node.transfers.enqueue(gone, slots[:1], True)
+    node.transfers.enqueue(others[0], slots[:1], True)
+    node.transfers.enqueue(others[1], slots[:1], True)  # waits: max_transfers in flight
+    node.transfers.pump(0.0)
+    assert {t.source for t in node.transfers.in_flight()} == {gone, others[0]}
+    sends = node.on_view(everyone - {gone}, 0.2)  # well before sync_retry
     assert others[1] in _requested(sends, node.servers)
-    assert gone not in {t.source for t in node._transfers.values()}
+    assert gone not in {t.source for t in node.transfers.in_flight()}
 
 
 def test_a_pull_restoring_a_copy_goes_before_queued_settling_pulls() -> None:
     node = _settled_replication()
-    slot = next(iter(node._my_slots))
+    slot = min(node.view.mine)
     for source in (1, 2):
-        node._enqueue(source, [slot], False, since=5)  # settling pulls, queued first
-    node._enqueue(3, [slot], False, confirm=True)  # a hint or a handoff
-    node._enqueue(4, [slot], True)  # a gating pull
-    sends = node._pump(1.0)
+        node.transfers.enqueue(source, [slot], False, since=5)  # settling pulls, queued first
+    node.transfers.enqueue(3, [slot], False, confirm=True)  # a hint or a handoff
+    node.transfers.enqueue(4, [slot], True)  # a gating pull
+    sends, _ = node.transfers.pump(1.0)
     assert set(_requested(sends, node.servers)) == {3, 4}
 
 
@@ -638,28 +659,35 @@ def test_a_pull_restoring_a_copy_goes_before_queued_settling_pulls() -> None:
 def test_a_slot_marked_again_stays_unsynced_when_an_older_pull_ends(end: str) -> None:
     """Seed 1396: a slot left and rejoined counted as pulled when the old round's pull ended."""
     node = _lone_replication(0, nodes=6)
-    node.on_view(frozenset(range(6)), 0.0)
-    slot = next(iter(node._my_slots))
-    source = next(m for m in node.ring.chain_at(slot, node.alive, 3) if m != 0)
-    old_pull = _Transfer(source, [slot], gating=True, sent_at=0.0)
-    node._unsynced[slot] = set()  # marked again: not pulled yet this round
+    slot = min(node.view.mine)
+    node.slots.mark({slot}, 0.0, due=0.0)
+    old_pulls = _pull_requests(node.on_tick(0.0))
+    assert len(old_pulls) == 2  # from both other members
+    node.slots.synced(slot)  # it left the chain ...
+    node.slots.mark({slot}, 0.5, due=5.0)  # ... and rejoined: not pulled yet this round
     if end == "source died":
-        node._give_up_on(old_pull, 1.0)
+        source = next(m for m in node.view.chain(slot) if m != 0)
+        node.on_view(frozenset(range(6)) - {source}, 1.0)
     else:
-        node._finish_transfer(old_pull, 1.0)
-    assert slot in node._unsynced
+        _answer(node, old_pulls, 1.0)
+    assert node.slots.phase(slot) is Phase.PULLING
 
 
 def test_a_tail_in_doubt_hands_reads_to_its_predecessor() -> None:
     node = _lone_replication(0, nodes=6)
-    node.on_view(frozenset(range(6)), 0.0)
-    node._unsynced.clear()
-    slot = next(s for s in node._my_slots if node.ring.chain_at(s, node.alive, 3)[-1] == 0)
-    chain = node.ring.chain_at(slot, node.alive, 3)
-    assert node._route(slot, chain, is_read=True, hops=MAX_HOPS) is None  # serves it
-    node.in_doubt = True
-    assert node._route(slot, chain, is_read=True, hops=MAX_HOPS) == chain[-2]
-    assert node._route(slot, chain, is_read=False, hops=0) == chain[0]  # writes as ever
+    view = node.view
+    slot = next(s for s in sorted(view.mine) if view.chain(s)[-1] == 0)
+    chain = view.chain(slot)
+    key = next(k for k in (b"k%d" % i for i in range(100_000)) if view.slot_of(k) == slot)
+
+    def get(message_id: bytes) -> list[Any]:
+        data = encode_request(message_id, Command.GET, key, b"")
+        kv = KVRequest(command=Command.GET, key=key)
+        return node.on_key_request(message_id, kv, data, ("client", 1), CONFIG.max_hops, 1.0)
+
+    assert [to for _, to in get(b"a")] == [("client", 1)]  # the tail serves it
+    node.on_membership([DoubtChanged(True)], 1.0)
+    assert [to for _, to in get(b"b")] == [node.servers[chain[-2]]]  # handed to its predecessor
 
 
 # --------------------------------------------- a chain suspended and resumed whole
@@ -700,19 +728,18 @@ def test_a_chain_resumed_whole_serves_what_its_stand_ins_took_meanwhile(seed: in
 def test_an_unsynced_member_next_to_the_tail_leads_a_put_but_no_remove() -> None:
     """Its store may lack the key: a REMOVE led here could answer "not found" wrongly."""
     node = _settled_replication(6)
-    slot = next(s for s in node._my_slots if node.ring.chain_at(s, node.alive, 3)[1] == 0)
-    key = next(
-        k
-        for k in (b"k%d" % i for i in range(100_000))
-        if node.ring.slot_of(key_position(k)) == slot
-    )
-    node._unsynced[slot] = set()  # pulling it: writes would go to the tail, which must not lead
+    view = node.view
+    slot = next(s for s in sorted(view.mine) if view.chain(s)[1] == 0)
+    key = next(k for k in (b"k%d" % i for i in range(100_000)) if view.slot_of(k) == slot)
+    node.slots.mark(
+        {slot}, 1.0, due=5.0
+    )  # pulling it: writes would go to the tail, which must not lead
     client = ("client", 1)
 
     def request(message_id: bytes, command: int, value: bytes = b"") -> list[Any]:
         kv = KVRequest(command=command, key=key, value=value)
         data = encode_request(message_id, command, key, value)
-        return node.on_key_request(message_id, kv, data, client, MAX_HOPS, 1.0)
+        return node.on_key_request(message_id, kv, data, client, CONFIG.max_hops, 1.0)
 
     assert request(b"remove", Command.REMOVE) == []  # the client's retry comes after the pull
     led = request(b"put", Command.PUT, b"v")
@@ -725,7 +752,7 @@ def test_a_slot_regained_soon_after_a_pause_is_pulled_from_its_stand_in_too() ->
     others and must be pulled from the node that stood in for this one."""
     node = _settled_replication(8)
     everyone = frozenset(range(8))
-    ring = node.ring
+    ring = node.view.ring
     # A slot whose chain has node 0 third, so that one more node alive before it
     # (q, down now) pushes 0 out of the chain.
     slot, q = next(
@@ -736,16 +763,18 @@ def test_a_slot_regained_soon_after_a_pause_is_pulled_from_its_stand_in_too() ->
     )
     without_q = everyone - {q}
     node.on_view(without_q, 0.0)
-    node._unsynced.clear()
-    node._deferred.clear()
+    _answer(node, _pull_requests(node.on_tick(0.6)), 0.6)  # the slots gained are pulled
+    assert node.unsynced_slots() == 0
     node.on_pause(gap=20.0, now=100.0)
     node.on_view(everyone, 100.01)  # the old view: q looks alive, the slot not ours
-    assert slot not in node._unsynced
+    assert node.slots.phase(slot) is not Phase.PULLING
     node.on_view(without_q, 100.2)  # q's death heard: the slot is ours again
-    node.on_tick(100.2 + 1.0)  # JOIN_DELAY later: the gating pull
+    node.on_tick(100.2 + 1.0)  # join_delay later: the gating pull
     stand_in = ring.chain_at(slot, without_q - {0}, 3)[2]
     assert stand_in not in ring.chain_at(slot, without_q, 3)
-    assert stand_in in node._unsynced[slot]  # the slot waits for its answer too
+    state = node.slots.get(slot)
+    assert state is not None and state.pull is not None
+    assert stand_in in state.pull.waiting  # the slot waits for its answer too
 
 
 # --------------------------------------------- every copy of a chain away at once
@@ -797,7 +826,7 @@ def test_a_chain_suspended_whole_is_held_not_read_as_absent(seed: int) -> None:
 def _sync_done(node: Replication, requester: int, slot: int, now: float) -> Any:
     """(strangers, unsure, vouched) of the SYNC_DONE answering a pull of `slot`."""
     request = SyncRequest(1, requester, 0, (slot,))
-    done = decoded(node.on_sync_request(request, ("peer", 1), now)[-1][0])
+    done = decoded(node.on_sync_request(request, SRC, now)[-1][0])
     assert isinstance(done, SyncDone)
     return list(done.strangers), done.unsure, set(done.vouched)
 
@@ -809,21 +838,23 @@ def test_a_held_slot_vouches_only_for_the_members_that_left_it() -> None:
     To anyone else we give the stamp from which on we have every write.
     """
     node = _settled_replication(6)
-    slot = min(node._my_slots)
-    holder, other = (m for m in node.ring.chain_at(slot, node.alive, 3) if m != 0)
+    everyone = frozenset(range(6))
+    view, stamp_at = node.view, node.writes.stamp_at
+    slot = min(view.mine)
+    holder, other = view.others(slot)
     assert _sync_done(node, holder, slot, 0.0) == ([], {}, set())  # a member sure of its slot
-    floor = node._stamp_at(10.0)
-    node._orphaned[slot] = floor
-    node._holders[slot] = {holder}
-    assert _sync_done(node, holder, slot, 0.0) == ([], {slot: floor}, {slot})
-    assert _sync_done(node, other, slot, 0.0) == ([], {slot: floor}, set())
-    del node._orphaned[slot]
-    node._unsynced[slot] = set()  # pulling it since t = 20: every write since came here
-    node._marked_at[slot] = 20.0
-    assert _sync_done(node, holder, slot, 30.0) == ([], {slot: node._stamp_at(20.0)}, {slot})
-    assert _sync_done(node, other, slot, 30.0) == ([], {slot: node._stamp_at(20.0)}, set())
-    foreign = next(s for s in range(node.ring.slots) if s not in node._my_slots)
-    assert node._floor_for(foreign, 0.0) == NO_FLOOR  # only what came while it stood in
+    _hold(node, slot, at=10.0)
+    floor = stamp_at(10.0)
+    node.on_view(everyone - {holder}, 11.0)  # the holder leaves while we hold the slot ...
+    node.on_view(everyone, 12.0)  # ... and comes back
+    assert _sync_done(node, holder, slot, 12.0) == ([], {slot: floor}, {slot})
+    assert _sync_done(node, other, slot, 12.0) == ([], {slot: floor}, set())
+    node.slots.mark({slot}, 20.0, due=25.0)  # pulling it since t = 20: every write since came here
+    assert node.slots.phase(slot) is Phase.PULLING
+    assert _sync_done(node, holder, slot, 30.0) == ([], {slot: stamp_at(20.0)}, {slot})
+    assert _sync_done(node, other, slot, 30.0) == ([], {slot: stamp_at(20.0)}, set())
+    foreign = next(s for s in range(view.ring.slots) if s not in view.mine)
+    assert node.slots.floor(foreign, False, 0.0) == NO_FLOOR  # only what came while it stood in
 
 
 def test_a_vouch_lowers_a_returning_holders_own_hold_to_its_floor() -> None:
@@ -832,33 +863,34 @@ def test_a_vouch_lowers_a_returning_holders_own_hold_to_its_floor() -> None:
     that did not have it (the others counted it a member first) only from the
     voucher's."""
     node = _settled_replication(6)
-    slot = min(node._my_slots)
-    theirs, ours = node._stamp_at(30.0), node._stamp_at(10.0)
-    vouch = _Transfer(
-        4, [slot], gating=True, sent_at=0.0, unsure={slot: theirs}, vouched=frozenset({slot})
-    )
-    assert node._floor_with(vouch, slot) == theirs  # it never left with the slot
-    node.on_suspected(1.0)
-    assert node._floor_with(vouch, slot) == 0
-    node._left_floors[slot] = ours
-    assert node._floor_with(vouch, slot) == ours
-    plain = _Transfer(4, [slot], gating=True, sent_at=0.0, unsure={slot: theirs})
-    assert node._floor_with(plain, slot) == theirs
+    slots, stamp_at = node.slots, node.writes.stamp_at
+    slot, held = sorted(node.view.mine)[:2]
+    theirs, ours = stamp_at(30.0), stamp_at(10.0)
+    vouched = frozenset({slot, held})
+    assert slots.floor_with(slot, {slot: theirs}, vouched) == theirs  # it never left with it
+    _hold(node, held, at=10.0)
+    node.on_suspected(11.0)
+    assert slots.floor_with(slot, {slot: theirs}, vouched) == 0  # it had the slot whole
+    assert slots.floor_with(held, {held: theirs}, vouched) == ours  # it held it from `ours` on
+    assert slots.floor_with(slot, {slot: theirs}, frozenset()) == theirs  # no vouch
 
 
 def test_a_node_notes_how_whole_its_slots_were_when_it_left() -> None:
     """Paused while it still pulled one slot and held another: a vouch makes them
     whole only from where its own copies began; its holds say nothing of now."""
     node = _settled_replication(6)
-    pulled, held, whole = sorted(node._my_slots)[:3]
-    node._mark_unsynced({pulled}, 5.0)
-    node._orphaned[held] = node._stamp_at(3.0)
+    slots, stamp_at = node.slots, node.writes.stamp_at
+    pulled, held, whole = sorted(node.view.mine)[:3]
+    _hold(node, held, at=3.0)
+    slots.mark({pulled}, 5.0, due=6.0)
     node.on_pause(2.0, 20.0)
-    assert node._left_floors[pulled] == node._stamp_at(5.0)
-    assert node._left_floors[held] == node._stamp_at(3.0)
-    assert node._left_floors[whole] == 0
-    assert not node._orphaned
-    assert node._floor_for(held, 20.0) == node._stamp_at(20.0)  # pulled again from now
+    every = frozenset({pulled, held, whole})
+    unsure = dict.fromkeys(every, NO_FLOOR)  # a voucher with nothing of its own
+    assert slots.floor_with(pulled, unsure, every) == stamp_at(5.0)
+    assert slots.floor_with(held, unsure, every) == stamp_at(3.0)
+    assert slots.floor_with(whole, unsure, every) == 0
+    assert not slots.any_held()
+    assert slots.floor(held, True, 20.0) == stamp_at(20.0)  # pulled again from now
 
 
 def test_a_member_pushed_out_of_a_chain_stays_sure_of_it_for_linger() -> None:
@@ -866,35 +898,32 @@ def test_a_member_pushed_out_of_a_chain_stays_sure_of_it_for_linger() -> None:
     node = _settled_replication(6)
     everyone = frozenset(range(6))
     node.on_view(everyone - {5}, 1.0)
-    node._unsynced.clear()  # the slots it gained are pulled, from members sure of them
-    node._deferred.clear()
-    node._holders.clear()
+    _answer(node, _pull_requests(node.on_tick(1.6)), 1.6)  # the slots gained, from sure members
+    assert node.unsynced_slots() == 0
     node.on_view(everyone, 2.0)  # 5 is back and pushes node 0 out of some chains
-    ring = node.ring
+    ring = node.view.ring
     slot = next(
         s for s in range(ring.slots)
         if 0 in ring.chain_at(s, everyone - {5}, 3) and 0 not in ring.chain_at(s, everyone, 3)
     )  # fmt: skip
-    assert node._floor_for(slot, 2.0 + LINGER - 0.1) == 0
-    assert node._floor_for(slot, 2.0 + LINGER + 0.1) == NO_FLOOR
+    linger = CONFIG.linger
+    assert node.slots.floor(slot, False, 2.0 + linger - 0.1) == 0
+    assert node.slots.floor(slot, False, 2.0 + linger + 0.1) == NO_FLOOR
 
 
 def test_a_member_reading_for_the_tail_exposes_no_write_the_tail_lacks() -> None:
     """Views differ and a read lands on the head after MAX_HOPS: it must not answer
     with a write still on its way down, or a later read at the tail goes back."""
     node = _settled_replication(6)
-    slot = next(s for s in node._my_slots if node.ring.chain_at(s, node.alive, 3)[0] == 0)
-    key = next(
-        k
-        for k in (b"k%d" % i for i in range(100_000))
-        if node.ring.slot_of(key_position(k)) == slot
-    )
+    view = node.view
+    slot = next(s for s in sorted(view.mine) if view.chain(s)[0] == 0)
+    key = next(k for k in (b"k%d" % i for i in range(100_000)) if view.slot_of(k) == slot)
     client = ("client", 1)
 
     def read(message_id: bytes) -> list[Any]:
         data = encode_request(message_id, Command.GET, key, b"")
         kv = KVRequest(command=Command.GET, key=key)
-        return node.on_key_request(message_id, kv, data, client, MAX_HOPS, 1.0)
+        return node.on_key_request(message_id, kv, data, client, CONFIG.max_hops, 1.0)
 
     assert len(read(b"before")) == 1  # nothing in flight: the head may answer
     put = KVRequest(command=Command.PUT, key=key, value=b"new")

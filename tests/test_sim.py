@@ -56,6 +56,9 @@ class Recorder:
     def membership_count(self) -> int:
         return 1
 
+    def check_invariants(self) -> None:
+        pass
+
 
 def recorder_sim(nodes: int = 2, **network: float) -> Simulator:
     Recorder.log = []

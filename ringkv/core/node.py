@@ -175,6 +175,11 @@ class Node:
         addrs = self._gossip_addrs
         return [(data, addrs[index]) for data, index in sends]
 
+    def check_invariants(self) -> None:
+        """Raise if replication's slot states break a rule (the simulator asks after
+        every step)."""
+        self.replication.check_invariants()
+
     def membership_count(self) -> int:
         return 1 if self.membership is None else self.membership.alive_count()
 

@@ -71,6 +71,7 @@ class SimNode(Protocol):
     def on_gossip(self, data: bytes, now: float) -> list[tuple[bytes, Addr]]: ...
     def on_tick(self, now: float) -> Outbox: ...
     def membership_count(self) -> int: ...
+    def check_invariants(self) -> None: ...
 
 
 NodeFactory = Callable[[NodeConfig, float], SimNode]
@@ -93,6 +94,9 @@ class SimConfig:
     start_down: tuple[int, ...] = ()  # in the server list but started later (joins)
     clock_skew: float = 0.0  # each node's wall clock is off by up to this (write stamps)
     node_factory: NodeFactory = Node  # MembershipOnly for membership-only scale runs
+    # Check each node's invariants after every datagram and tick it handles; a
+    # broken one fails the run like any exception, at the step that broke it.
+    check_invariants: bool = True
 
 
 @dataclass
@@ -335,8 +339,12 @@ class Simulator:
         assert node is not None
         if to_gossip:
             self._emit(slot, node.on_gossip(data, self.now), gossip=True)
+        else:
+            self._emit(slot, node.on_datagram(data, src, self.now, age), gossip=False)
+        if self.config.check_invariants:
+            node.check_invariants()
+        if to_gossip:
             return
-        self._emit(slot, node.on_datagram(data, src, self.now, age), gossip=False)
         if node.exit_requested:
             self._stop(slot, "shutdown")
 
@@ -367,6 +375,8 @@ class Simulator:
             return
         assert slot.node is not None
         self._emit_outbox(slot, slot.node.on_tick(self.now))
+        if self.config.check_invariants:
+            slot.node.check_invariants()
         self._schedule_tick(slot, self.config.tick_interval)
 
     def _schedule_tick(self, slot: _Slot, base: float) -> None:
@@ -624,11 +634,18 @@ class MembershipOnly:
 
     def on_gossip(self, data: bytes, now: float) -> list[tuple[bytes, Addr]]:
         addrs = self._gossip_addrs
-        return [(d, addrs[i]) for d, i in self.membership.on_message(data, now)]
+        sends = [(d, addrs[i]) for d, i in self.membership.on_message(data, now)]
+        self.membership.take_events()  # nothing above membership to tell
+        return sends
 
     def on_tick(self, now: float) -> Outbox:
         addrs = self._gossip_addrs
-        return Outbox(gossip=[(d, addrs[i]) for d, i in self.membership.on_tick(now)])
+        outbox = Outbox(gossip=[(d, addrs[i]) for d, i in self.membership.on_tick(now)])
+        self.membership.take_events()
+        return outbox
+
+    def check_invariants(self) -> None:
+        """Membership alone keeps no slot state."""
 
     def membership_count(self) -> int:
         return self.membership.alive_count()

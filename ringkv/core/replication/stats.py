@@ -1,0 +1,15 @@
+"""Counters of what replication did, for `ringkv cluster status`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ReplicationStats:
+    writes_led: int = 0
+    replicated: int = 0
+    refused_copies: int = 0
+    transfers_done: int = 0
+    transfers_retried: int = 0  # no batch for sync_retry: lost datagrams or a slow source
+    keys_received: int = 0
