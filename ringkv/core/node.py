@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ringkv.core.membership import Membership, MembershipConfig
-from ringkv.core.replication import Replication
+from ringkv.core.replication import Replication, ReplicationConfig
 from ringkv.core.replies import DEFAULT_RETENTION, ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import Storage
@@ -49,6 +49,7 @@ class NodeConfig:
     replicas: int = 3
     reply_retention: float = DEFAULT_RETENTION
     membership: MembershipConfig | None = None
+    replication: ReplicationConfig | None = None
     clock_offset: float = 0.0  # wall clock minus `now`, for write stamps
     seed: int | None = None  # for this node's random choices; None: its index
     ring: Ring | None = None  # share one ring among many nodes in one process (simulator)
@@ -96,7 +97,7 @@ class Node:
         alive = frozenset((self.index,)) if self.membership is None else self.membership.healthy()
         self.replication = Replication(
             self.index, config.servers, self.ring, config.replicas, self.storage, self.replies,
-            config.clock_offset, alive,
+            config.clock_offset, alive, config.replication,
         )  # fmt: skip
         self._limits = PeerLimits(n_nodes, ring.slots)
         self._peer_handlers = self._handlers_by_type()

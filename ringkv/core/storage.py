@@ -37,6 +37,7 @@ ENTRY_OVERHEAD = 150
 TOMBSTONE_TTL = 300.0  # seconds; a node paused longer than this drops its copies
 
 Entry = tuple[bytes | None, int, int]  # value (None: removed), version, stamp
+LiveEntry = tuple[bytes, int, int]  # a key's value, version and stamp
 
 _HEAD = struct.Struct("<Qi")  # stamp, version; the value follows
 _HEAD_SIZE = _HEAD.size  # a live entry is at least this long, a tombstone shorter
@@ -68,7 +69,7 @@ class Storage:
     def __len__(self) -> int:
         return self.live
 
-    def get(self, key: bytes) -> Entry | None:
+    def get(self, key: bytes) -> LiveEntry | None:
         """The live entry of a key, None if absent or removed."""
         packed = self._data.get(key)
         if packed is None or len(packed) < _HEAD_SIZE:

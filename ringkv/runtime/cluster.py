@@ -169,9 +169,10 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def load_state(workdir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((workdir / STATE_FILE).read_text())
+        state = json.loads((workdir / STATE_FILE).read_text())
     except (OSError, ValueError):
         return None
+    return state if isinstance(state, dict) else None
 
 
 def query_status(

@@ -22,7 +22,7 @@ class _Echo(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.sendto = transport.sendto  # type: ignore[attr-defined]
 
-    def datagram_received(self, data: bytes, addr: Addr) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
         self.sendto(data, addr)
 
     def error_received(self, exc: Exception) -> None:

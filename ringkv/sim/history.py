@@ -68,6 +68,7 @@ class Op:
         if self.kind == GET and self.err == Err.OK:
             result = show_value(self.value, self.version)
         else:
+            assert self.err is not None  # a response always carries one
             result = _ERR_NAMES.get(self.err, f"err {self.err}")
         return f"client {self.client} {what} -> {result} [{self.invoke:.6g}, {self.response:.6g}]"
 
@@ -102,7 +103,7 @@ class Op:
         )
 
 
-_ERR_NAMES = {
+_ERR_NAMES: dict[int, str] = {
     Err.OK: "ok",
     Err.NO_KEY: "not found",
     Err.NO_SPACE: "out of space",

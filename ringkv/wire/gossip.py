@@ -75,8 +75,8 @@ def pack(
 def decode(data: bytes) -> GossipMsg:
     """Parse a datagram; anything malformed raises GossipDecodeError only."""
     if len(data) == _SINGLE.size:
-        magic, version, kind, sender, inc, seq, target, count, *entry = _SINGLE.unpack(data)
-        entries: tuple[Entry, ...] = (Entry(*entry),)
+        magic, version, kind, sender, inc, seq, target, count, *fields = _SINGLE.unpack(data)
+        entries: tuple[Entry, ...] = (Entry(*fields),)
     elif len(data) < _HEADER.size:
         raise GossipDecodeError("short gossip datagram")
     else:
