@@ -8,6 +8,7 @@ middle of a write's propagation or of a transfer, the same way every run.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -971,8 +972,14 @@ def test_a_holder_that_left_unsure_is_not_vouched_whole_on_its_return(seed: int)
 
 # Seeds whose schedule read keys as absent or old before the fixes: a stand-in
 # vouched for as whole though it held the slot (2, 19), or though it was
-# suspended before it knew it had joined the chain (9, 11).
-@pytest.mark.parametrize("seed", [2, 9, 11, 19])
+# suspended before it knew it had joined the chain (9, 11). RINGKV_RESUME_SEEDS=N
+# adds seeds 1..N (a sweep: about 20 s each).
+RESUME_SEEDS = sorted(
+    {2, 9, 11, 19, *range(1, 1 + int(os.environ.get("RINGKV_RESUME_SEEDS", "0")))}
+)
+
+
+@pytest.mark.parametrize("seed", RESUME_SEEDS)
 def test_nodes_suspended_three_at_a_time_and_resumed_at_random_serve_nothing_old(
     seed: int,
 ) -> None:

@@ -177,7 +177,7 @@ class Replication:
         self.writes.note_view(old_alive, now)
         mine = view.mine
         gained = mine - old_mine
-        slots.note_left_sure(old_mine - mine, mine, now + linger, now)
+        slots.note_left(old_mine - mine, mine, now + linger)
         changed = {s for s in mine if view.chain(s) != view.chain_in(s, old_alive)}
         self._plan_settle(changed, now - self.config.lookback, now)
         for slot, _ in list(slots.pulls()):
@@ -190,8 +190,9 @@ class Replication:
         def gone_from(slot: int) -> set[int]:
             return {m for m in view.chain_in(slot, old_alive) if m not in alive}
 
-        slots.note_holders(mine, gone_from, now < self._returned_until, now + linger)
-        slots.expire_holds(mine, now)
+        if now >= self._returned_until:  # just back, our view is old: who it loses left long ago
+            slots.note_holders(mine, gone_from)
+        slots.expire_former(mine, now)
         self._whole_since = now if len(alive) == len(self.servers) else None
         sends = self._hint_new_members(changed, old_alive)
         return sends + self._drop_transfers_from_departed(now)
@@ -283,7 +284,7 @@ class Replication:
     def _pull(self, slots: set[int], now: float, gating: bool, since: int = 0) -> list[Send]:
         table = self.slots
         if gating and slots:
-            since = min(table.state(slot).since for slot in slots)
+            since = min(table.since(slot) for slot in slots)
         by_source: dict[int, list[int]] = {}
         for slot in sorted(slots):
             sources = self.view.others(slot)
@@ -446,7 +447,7 @@ class Replication:
     def _ask_about_holds(self, now: float) -> list[Send]:
         """Pull held slots in full again: a member sure of one ends its hold."""
         table, mine = self.slots, self.view.mine
-        table.expire_holds(mine, now)
+        table.expire_former(mine, now)
         held = {slot for slot, _ in table.held()}
         table.hold_check_at = now + self.config.hold_retry if held else None
         held &= mine

@@ -32,8 +32,9 @@ Beside the phase, a slot may carry what a departure left behind: the floor
 of our copy when we last left (`left_floor`, for a vouch on return), the
 members that left its chain while we were unsure of it (`vouch_for`: their
 copy from then and ours since are whole together, if theirs was), and, for a
-slot no longer ours, until when we stay sure of it (`left_sure_until`) or
-keep its hold (`hold_until`) for returning nodes that may ask.
+slot no longer ours, until when writes still reach us (`former_until`): until
+then we are as sure of it as when we left, and keep its hold, for returning
+nodes that may ask.
 
 `check_invariants` states what must always hold; the simulator calls it
 after every step.
@@ -60,9 +61,11 @@ class Pull:
     """A gating pull of a slot: it is not served until every source has answered."""
 
     marked_at: float | None  # when it was marked: every write since came here
+    since: int = 0  # the oldest stamp to ask for (0: everything)
     waiting: set[int] = field(default_factory=set)  # sources still to answer (empty: not asked)
     fresh: bool = False  # marked on start: nothing was written before the cluster had it
     returning: bool = False  # ask the stand-ins that took our place too
+    delegated: bool = False  # writes went to a neighbour meanwhile: pull once more after
     best_floor: int = NO_FLOOR  # the lowest floor a source gave (0: one was sure)
 
 
@@ -70,13 +73,10 @@ class Pull:
 class SlotState:
     pull: Pull | None = None
     hold: int | None = None  # held: keys stamped before this get no answer
-    since: int = 0  # the oldest stamp the gating pull asks for
-    delegated: bool = False  # writes went to a neighbour while pulling: pull once more
     vouch_for: set[int] = field(default_factory=set)
     released_by: set[int] = field(default_factory=set)  # members that answered a full pull
     left_floor: int | None = None  # our floor when we last left (None: we did not have it)
-    left_sure_until: float = -math.inf
-    hold_until: float | None = None  # for a held slot no longer ours: when to let go
+    former_until: float = -math.inf  # no longer ours: writes still reach us until then
 
     @property
     def phase(self) -> Phase:
@@ -172,7 +172,7 @@ class SlotTable:
                 return self._stamp_at(now if marked_at is None else marked_at) or 1
             if state.hold is not None:
                 return state.hold
-            if mine or state.left_sure_until > now:
+            if mine or state.former_until > now:
                 return 0
             return NO_FLOOR
         return 0 if mine else NO_FLOOR
@@ -203,10 +203,9 @@ class SlotTable:
         for slot in slots:
             state = self.state(slot)
             if state.pull is not None:
-                state.since = min(state.since, since)
+                state.pull.since = min(state.pull.since, since)
             else:
-                state.pull = Pull(marked_at=now)
-                state.since = since
+                state.pull = Pull(marked_at=now, since=since)
                 if state.hold is None:
                     state.vouch_for = set()  # from an earlier spell of doubt
             self._pull_at.setdefault(slot, due)
@@ -226,12 +225,20 @@ class SlotTable:
 
     def delegate(self, slot: int) -> None:
         """A write of the slot went to a neighbour while we pull: pull once more after."""
-        self.state(slot).delegated = True
+        pull = self.state(slot).pull
+        assert pull is not None
+        pull.delegated = True
 
     def take_delegated(self, slot: int) -> bool:
-        state = self.state(slot)
-        delegated, state.delegated = state.delegated, False
+        pull = self.state(slot).pull
+        assert pull is not None
+        delegated, pull.delegated = pull.delegated, False
         return delegated
+
+    def since(self, slot: int) -> int:
+        """The oldest stamp the slot's gating pull asks for (0: everything)."""
+        state = self._states.get(slot)
+        return 0 if state is None or state.pull is None else state.pull.since
 
     def source_answered(self, slot: int, source: int, floor: int) -> bool:
         """A source of this round's pull answered, whole from `floor` on; True if it
@@ -350,48 +357,40 @@ class SlotTable:
             state.hold = None
             state.vouch_for = set()
             state.released_by = set()
-            state.left_sure_until = -math.inf
+            state.former_until = -math.inf
 
     def returned(self) -> None:
         """Back from a pause or a suspicion: every pull asks the stand-ins too."""
         self.returning([slot for slot, _ in self.pulls()])
 
-    def note_left_sure(self, lost: set[int], mine: set[int], until: float, now: float) -> None:
-        """Slots we were sure of and are pushed out of: still sure until `until`."""
-        for state_slot, state in self._states.items():
-            if state.left_sure_until != -math.inf and (
-                state.left_sure_until <= now or state_slot in mine
-            ):
-                self.state(state_slot).left_sure_until = -math.inf
-        for slot in lost:
-            if self.phase(slot) is Phase.SERVING:
-                self.state(slot).left_sure_until = until
+    def note_left(self, lost: set[int], mine: set[int], until: float) -> None:
+        """We are pushed out of these slots' chains: writes still reach us until
+        `until`. Slots ours again are no former ones.
 
-    def note_holders(
-        self, mine: set[int], gone_from: Callable[[int], set[int]], stale_view: bool,
-        until: float,
-    ) -> None:  # fmt: skip
-        """Record who left the chains of slots we are not sure of; keep holds on slots
-        no longer ours until `until` (returning holders may ask us)."""
+        A slot we were still pulling (and did not hold) we were not sure of:
+        nothing to keep.
+        """
+        for slot, state in self._states.items():
+            if state.former_until != -math.inf and slot in mine:
+                self.state(slot).former_until = -math.inf
+        for slot in lost:
+            if self.phase(slot) is not Phase.PULLING or self.has_hold(slot):
+                self.state(slot).former_until = until
+
+    def note_holders(self, mine: set[int], gone_from: Callable[[int], set[int]]) -> None:
+        """Record who left the chains of our slots that we are not sure of."""
         for slot, state in self._states.items():
             unsure = (state.pull is not None and not state.pull.fresh) or state.hold is not None
-            if not unsure:
-                continue
-            self._changed.add(slot)
-            if slot not in mine:
-                if state.hold_until is None:
-                    state.hold_until = until
-                continue
-            state.hold_until = None
-            if stale_view:
-                continue  # just back, our view is old: who it loses now left long ago
-            state.vouch_for |= gone_from(slot)
+            if unsure and slot in mine:
+                gone = gone_from(slot)
+                if gone:
+                    self.state(slot).vouch_for |= gone
 
-    def expire_holds(self, mine: set[int], now: float) -> None:
+    def expire_former(self, mine: set[int], now: float) -> None:
+        """Forget slots that stopped being ours more than `linger` ago, and their holds."""
         for slot, state in self._states.items():
-            if state.hold_until is not None and state.hold_until <= now:
-                self._changed.add(slot)
-                state.hold_until = None
+            if -math.inf < state.former_until <= now:
+                self.state(slot).former_until = -math.inf
                 if slot not in mine:
                     self.end_hold(slot)
 
@@ -413,7 +412,7 @@ class SlotTable:
             if state.hold is not None:
                 _require(state.hold >= 0, slot, "a hold below stamp 0")
                 _require(
-                    slot in mine or state.hold_until is not None, slot,
+                    slot in mine or state.former_until != -math.inf, slot,
                     "held without end though no longer ours",
                 )  # fmt: skip
             if state.released_by:
