@@ -16,8 +16,8 @@ from ringkv.servers import ServerListError, load_servers, parse_addr
 from ringkv.wire import Addr
 
 if TYPE_CHECKING:
-    from ringkv.client.check import Run
-    from ringkv.client.check_base import Context, Stage
+    from ringkv.check.base import Context, Stage
+    from ringkv.check.suite import Run
 
 EXIT_FAILED = 1  # some stage failed (click uses 2 for bad usage)
 EXIT_INTERRUPTED = 130
@@ -32,8 +32,8 @@ def _addr(ctx: click.Context, param: click.Parameter, value: str) -> Addr:
 
 def _stage_list(quick: bool) -> str:
     """Every stage with the parameters of a run against 40 nodes."""
-    from ringkv.client.check import STAGES
-    from ringkv.client.check_base import QUICK, REFERENCE_NODES, Params, Scale
+    from ringkv.check.base import QUICK, REFERENCE_NODES, Params, Scale
+    from ringkv.check.suite import STAGES
 
     params = QUICK if quick else Params()
     scale = Scale.of(REFERENCE_NODES, params)
@@ -121,10 +121,10 @@ def _prepare(
     local: Addr, servers: list[Addr], parts: set[int], stage_names: tuple[str, ...],
     quick: bool, ssh: str | None, procs: int, seed: int | None,
 ) -> Run:  # fmt: skip
-    from ringkv.client.check import Run, SelectionError, select
-    from ringkv.client.check_base import QUICK, Context, Params
-    from ringkv.client.check_nodes import NodeControl
-    from ringkv.client.check_report import Reporter
+    from ringkv.check.base import QUICK, Context, Params
+    from ringkv.check.nodes import NodeControl
+    from ringkv.check.report import Reporter
+    from ringkv.check.suite import Run, SelectionError, select
 
     names = [n.strip() for arg in stage_names for n in arg.split(",") if n.strip()]
     try:
@@ -166,7 +166,7 @@ def _header(ctx: Context, stages: list[Stage], quick: bool, seed: int) -> None:
 
 
 def _execute(run: Run, options: dict[str, object], json_out: Path | None) -> None:
-    from ringkv.client.check import run_check, to_json
+    from ringkv.check.suite import run_check, to_json
 
     interrupted = False
     # SIGTERM unwinds like Ctrl-C, so the nodes this run suspended are resumed.

@@ -15,8 +15,8 @@ from ringkv.servers import ServerListError, load_servers, parse_addr
 from ringkv.wire import Addr
 
 if TYPE_CHECKING:
+    from ringkv.check.bench import BenchConfig, BenchResult
     from ringkv.client import Client, Reply
-    from ringkv.client.bench import BenchConfig, BenchResult
 
 
 class AddrType(click.ParamType):
@@ -470,7 +470,7 @@ def bench(
 
     Without --server/--servers, --echo-server PORT benches only the echo server.
     """
-    from ringkv.client.bench import BenchConfig, BenchError
+    from ringkv.check.bench import BenchConfig, BenchError
 
     has_target = server is not None or servers_file is not None
     servers, _ = _servers(server, servers_file)
@@ -505,7 +505,7 @@ def _bench_runs(
     import dataclasses
     import json
 
-    from ringkv.client.bench import describe, echo_server, ratio
+    from ringkv.check.bench import describe, echo_server, ratio
     from ringkv.client.local import free_udp_port
 
     results: dict[str, BenchResult] = {}
@@ -534,10 +534,32 @@ def _bench_runs(
 
 
 def _bench_one(config: BenchConfig, label: str, as_json: bool) -> BenchResult:
-    from ringkv.client.bench import run_bench
-    from ringkv.client.console import run_with_progress
+    from ringkv.check.bench import run_bench
 
-    return run_bench(config) if as_json else run_with_progress(config, label)
+    return run_bench(config) if as_json else _run_with_progress(config, label)
+
+
+def _run_with_progress(config: BenchConfig, label: str) -> BenchResult:
+    """run_bench with a progress bar on stderr, gone once the figures are printed."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from ringkv.check.bench import run_bench
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[rate]}"),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(label, total=config.duration, rate="starting")
+
+        def update(elapsed: float, done: int) -> None:
+            rate = f"{done:,} requests, {done / elapsed:,.0f} req/s" if elapsed > 0 else ""
+            progress.update(task, completed=elapsed, rate=rate)
+
+        return run_bench(config, update)
 
 
 def _register_groups() -> None:

@@ -13,8 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ringkv.client.check_base import Context, Stage, Verdict
-from ringkv.client.check_load import (
+from ringkv.check.base import Context, Stage, Verdict
+from ringkv.check.load import (
     Tally,
     alive_pids,
     get_all,
@@ -26,8 +26,8 @@ from ringkv.client.check_load import (
     timed_request,
     value_seq,
 )
-from ringkv.client.check_nodes import is_local, process_gone
-from ringkv.client.check_part1 import bench_runs, bench_success_pct
+from ringkv.check.nodes import is_local, process_gone
+from ringkv.check.part1 import bench_runs, bench_success_pct
 from ringkv.client.client import AsyncClient, Reply
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err

@@ -6,11 +6,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from ringkv.client.bench import BenchConfig, BenchResult, run_bench
-from ringkv.client.check_base import Answer, Checklist, Context, Stage, Verdict, ask, show
-from ringkv.client.check_load import Tally, make_value, ms, pool, run_async, timed_request
-from ringkv.client.check_nodes import is_local, process_gone
-from ringkv.client.check_report import StepBar
+from ringkv.check.base import Answer, Checklist, Context, Stage, Verdict, ask, show
+from ringkv.check.bench import BenchConfig, BenchResult, run_bench
+from ringkv.check.load import Tally, make_value, ms, pool, run_async, timed_request
+from ringkv.check.nodes import is_local, process_gone
+from ringkv.check.report import StepBar
 from ringkv.client.client import AsyncClient, Client, ClientTimeout, client_socket
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err, KVResponse, Msg, encode_request, new_message_id

@@ -21,8 +21,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ringkv.client.check_base import Context, Stage, Verdict
-from ringkv.client.check_load import (
+from ringkv.check.base import Context, Stage, Verdict
+from ringkv.check.load import (
     Tally,
     make_value,
     membership_counts,
@@ -32,7 +32,7 @@ from ringkv.client.check_load import (
     timed_request,
     value_seq,
 )
-from ringkv.client.check_part2 import counts_line, nodes
+from ringkv.check.part2 import counts_line, nodes
 from ringkv.client.client import AsyncClient, Reply
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ringkv.client.check_nodes import NodeControl
-from ringkv.client.check_report import Reporter
+from ringkv.check.nodes import NodeControl
+from ringkv.check.report import Reporter
 from ringkv.client.client import ClientTimeout, Reply, describe_err
 from ringkv.wire import Addr
 
