@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ringkv.check.base import Context, Stage, Verdict
+from ringkv.check.base import Context, Stage, Verdict, counts_line, nodes
 from ringkv.check.load import (
     Tally,
     make_value,
@@ -32,7 +32,6 @@ from ringkv.check.load import (
     timed_request,
     value_seq,
 )
-from ringkv.check.part2 import counts_line, nodes
 from ringkv.client.client import AsyncClient, Reply
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
