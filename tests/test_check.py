@@ -24,7 +24,7 @@ from ringkv.check.load import make_value, value_seq
 from ringkv.check.nodes import NodeControl, NodeControlError, is_local
 from ringkv.check.seq import Register, classify, schedule
 from ringkv.check.suite import SelectionError, select
-from ringkv.check_cli import check
+from ringkv.cli.check import check
 from ringkv.client.client import Client, ClientError, Reply
 from ringkv.client.local import free_udp_port, local_node, stop
 from ringkv.runtime.cluster import LocalCluster, local_servers

@@ -1,4 +1,4 @@
-"""The `ringkv` command line."""
+"""The `ringkv` group and its own commands: node, the client commands, echo and bench."""
 
 from __future__ import annotations
 
@@ -560,20 +560,3 @@ def _run_with_progress(config: BenchConfig, label: str) -> BenchResult:
             progress.update(task, completed=elapsed, rate=rate)
 
         return run_bench(config, update)
-
-
-def _register_groups() -> None:
-    from ringkv.check_cli import check
-    from ringkv.cli_cluster import cluster
-    from ringkv.sim.cli import sim
-
-    main.add_command(check)
-    main.add_command(cluster)
-    main.add_command(sim)
-
-
-_register_groups()
-
-
-if __name__ == "__main__":
-    main()

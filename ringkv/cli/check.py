@@ -190,7 +190,3 @@ def _execute(run: Run, options: dict[str, object], json_out: Path | None) -> Non
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-if __name__ == "__main__":
-    check()
