@@ -44,7 +44,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no hints
 
 from ringkv.client.client import client_socket, resolve, route_ip
 from ringkv.client.local import stop
@@ -82,7 +82,7 @@ class WorkerResult:
     retries: int = 0
     mismatches: int = 0
     errors: dict[int, int] = field(default_factory=dict)
-    latencies: array = field(default_factory=lambda: array("d"))
+    latencies: array[float] = field(default_factory=lambda: array("d"))
     elapsed: float = 0.0
 
 
@@ -150,7 +150,7 @@ class _Worker:
         self.stopping = False
         self.msg = Msg()  # reused: parsing into a live object saves an allocation per reply
         self.response = KVResponse()
-        self.latencies: array = array("d")
+        self.latencies: array[float] = array("d")
         self.make_value = _value_maker(config.value_size)
 
 

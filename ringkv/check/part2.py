@@ -273,8 +273,10 @@ def stage2_perf(ctx: Context) -> Verdict:
 # -- stored keys, suspension and recovery ---------------------------------------------------
 
 
-def store_keys(ctx: Context, tag: str, count: int, clients: int) -> tuple[dict, Tally]:
-    values = {}
+def store_keys(
+    ctx: Context, tag: str, count: int, clients: int
+) -> tuple[dict[bytes, bytes], Tally]:
+    values: dict[bytes, bytes] = {}
     for i in range(count):
         key = ctx.key(tag, i)
         values[key] = make_value(key, 0, ctx.params.value_size)

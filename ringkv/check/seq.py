@@ -175,7 +175,7 @@ def seq_consistency_3(ctx: Context) -> Verdict:
     p, s = ctx.params, ctx.scale
     regs = _first_writes(ctx, "c3-", p.seq3_keys, "PUT")
     keys = list(regs)
-    reads, verdicts, mine = Tally(), Counter[str](), []
+    reads, verdicts, mine = Tally(), Counter[str](), list[Addr]()
     plan = schedule(p.seq3_rounds, s.seq_step, s.seq_max_down)
     for r, change in enumerate(plan, 1):
         chosen = ctx.rng.sample(keys, min(p.seq3_overwrites, len(keys)))
@@ -293,7 +293,7 @@ def seq_consistency_4(ctx: Context) -> Verdict:
     p, s = ctx.params, ctx.scale
     keys = list(_first_writes(ctx, "c4-", p.seq4_keys, "PUT counters"))
     counts = {k: Count() for k in keys}  # a counter never stored reads as 0 all the same
-    plan, mine = schedule(p.seq4_rounds, s.seq_step, s.seq_max_down), []
+    plan, mine = schedule(p.seq4_rounds, s.seq_step, s.seq_max_down), list[Addr]()
     for r, change in enumerate(plan, 1):
         started = time.monotonic()
         what = change_nodes(ctx, change, mine)

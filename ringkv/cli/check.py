@@ -90,7 +90,7 @@ def check(
     parts = _parts(part, servers_file)
     servers = _servers(servers_file) if 2 in parts else []
     run = _prepare(local, servers, parts, stage_names, quick, ssh, procs, seed)
-    options = {
+    options: dict[str, object] = {
         "servers": str(servers_file) if servers_file else None,
         "part": part, "stages": list(stage_names), "quick": quick, "procs": procs, "seed": seed,
     }  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-import psutil
+import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -254,8 +254,7 @@ def status_table(
     # state: what most nodes believe; h/m/t: keys held as head/middle/tail;
     # moving: transfers in flight plus ring slots not yet pulled.
     columns = ("node", "address", "pid", "state", "count", "keys", "h/m/t", "moving", "req/s")
-    columns += ("note",)
-    for column in columns:
+    for column in (*columns, "note"):
         numeric = column in ("count", "keys", "moving", "req/s")
         table.add_column(column, justify="right" if numeric else "left")
     for index, (host, port) in enumerate(servers):

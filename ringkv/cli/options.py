@@ -18,14 +18,14 @@ from ringkv.wire import Addr
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class AddrType(click.ParamType):
+class AddrType(click.ParamType[Addr]):
     name = "HOST:PORT"
 
     def convert(
         self, value: object, param: click.Parameter | None, ctx: click.Context | None
     ) -> Addr:
         if isinstance(value, tuple):
-            return value  # type: ignore[return-value]
+            return value
         try:
             return parse_addr(str(value))
         except ServerListError as exc:

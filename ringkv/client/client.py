@@ -120,7 +120,7 @@ def parse_reply(data: bytes, source: Addr | None = None) -> tuple[bytes, Reply]:
 def _as_list(servers: Sequence[Addr] | Addr) -> list[Addr]:
     if isinstance(servers, tuple) and len(servers) == 2 and isinstance(servers[1], int):
         return [servers]  # a single address
-    listed = list(servers)  # type: ignore[arg-type]
+    listed = list(servers)
     if not listed:
         raise ValueError("no servers given")
     return listed
@@ -309,7 +309,7 @@ class _AsyncEndpoint(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.waiting: dict[bytes, asyncio.Future[Reply]] = {}
 
-    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
         try:
             message_id, reply = parse_reply(data, (str(addr[0]), int(addr[1])))
         except WireError:
