@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from ringkv.check.base import Context
 from ringkv.check.bench import BenchConfig, BenchResult, run_bench
 from ringkv.check.report import StepBar
-from ringkv.client.client import AsyncClient, ClientTimeout, Reply
+from ringkv.client.client import AsyncClient, ClientError, ClientTimeout, Reply
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
 
@@ -238,17 +238,15 @@ async def ask_each(
 ) -> dict[Addr, Reply | None]:
     """Send `command` to every node at once; None for a node that never answered."""
     async with AsyncClient(list(servers), timeout, tries) as client:
-        answers = await asyncio.gather(
-            *(client.request(command, target=addr) for addr in servers), return_exceptions=True
-        )
+        answers = await client.request_each(command, servers)
     result: dict[Addr, Reply | None] = {}
     for addr, answer in zip(servers, answers, strict=True):
-        if isinstance(answer, Reply):
-            result[addr] = answer
-        elif isinstance(answer, ClientTimeout):
+        if isinstance(answer, ClientTimeout):
             result[addr] = None
+        elif isinstance(answer, ClientError):
+            raise answer  # not a missing reply: worth seeing
         else:
-            raise answer  # not a missing reply: a bug or a socket error worth seeing
+            result[addr] = answer
     return result
 
 

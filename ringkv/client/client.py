@@ -397,6 +397,21 @@ class AsyncClient:
             return reply
         raise ClientTimeout(dest, waits)
 
+    async def request_each(
+        self, command: int, targets: Sequence[Addr]
+    ) -> list[Reply | ClientError]:
+        """Send `command` to every target at once, not one after another (a silent node
+        costs its waits once); a target that never answered gets its ClientTimeout."""
+        answers = await asyncio.gather(
+            *(self.request(command, target=addr) for addr in targets), return_exceptions=True
+        )
+        replies: list[Reply | ClientError] = []
+        for answer in answers:
+            if not isinstance(answer, Reply | ClientError):
+                raise answer  # not a missing reply: a bug or a socket error worth seeing
+            replies.append(answer)
+        return replies
+
     async def _try_once(
         self, datagram: bytes, message_id: bytes, dest: Addr, wait: float
     ) -> Reply | None:

@@ -34,21 +34,13 @@ def show_bytes(data: bytes, as_hex: bool) -> tuple[str, bool]:
 def ask_every_node(
     servers: Sequence[Addr], command: int, timeout: float, tries: int
 ) -> list[tuple[Addr, Answer]]:
-    """Send `command` to every node at once (not one after another: dead nodes cost 0.7 s)."""
+    """`command` to every node of `servers` at once, each with its answer."""
 
-    async def ask_all() -> list[Reply | BaseException]:
+    async def ask_all() -> list[Answer]:
         async with AsyncClient(list(servers), timeout, tries) as client:
-            return await asyncio.gather(
-                *(client.request(command, target=addr) for addr in servers),
-                return_exceptions=True,
-            )
+            return await client.request_each(command, servers)
 
-    rows: list[tuple[Addr, Answer]] = []
-    for addr, answer in zip(servers, asyncio.run(ask_all()), strict=True):
-        if not isinstance(answer, Reply | ClientError):
-            raise answer  # an unexpected error, not a missing reply
-        rows.append((addr, answer))
-    return rows
+    return list(zip(servers, asyncio.run(ask_all()), strict=True))
 
 
 def node_table(
