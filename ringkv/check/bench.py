@@ -449,7 +449,7 @@ def _check_alive(config: BenchConfig, workers: list[Any], began: float) -> None:
         raise BenchError("a bench process died")
 
 
-def _percentile(ordered: list[float], q: float) -> float:
+def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted data, in the data's unit."""
     if not ordered:
         return 0.0
@@ -478,8 +478,8 @@ def merge(config: BenchConfig, results: list[WorkerResult]) -> BenchResult:
         requests=requests,
         answered=answered,
         throughput=round(answered / elapsed, 1),
-        p50_ms=round(_percentile(latencies, 0.50) * 1000, 3),
-        p99_ms=round(_percentile(latencies, 0.99) * 1000, 3),
+        p50_ms=round(percentile(latencies, 0.50) * 1000, 3),
+        p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
         max_ms=round((latencies[-1] if latencies else 0.0) * 1000, 3),
         mean_ms=round(sum(latencies) / len(latencies) * 1000, 3) if latencies else 0.0,
         timeouts=timeouts,

@@ -14,7 +14,6 @@ worker processes, as `ringkv bench` does.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ringkv.check.base import Context
-from ringkv.check.bench import BenchConfig, BenchResult, run_bench
+from ringkv.check.bench import BenchConfig, BenchResult, percentile, run_bench
 from ringkv.check.report import StepBar
 from ringkv.client.client import AsyncClient, ClientError, ClientTimeout, Reply
 from ringkv.wire import Addr
@@ -99,10 +98,7 @@ class Tally:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
     def percentile_ms(self, q: float) -> float:
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return 1000 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+        return 1000 * percentile(sorted(self.latencies), q)
 
     def figures(self) -> dict[str, Any]:
         return {
