@@ -154,7 +154,7 @@ class _Worker:
         self.make_value = _value_maker(config.value_size)
 
 
-class _Client:
+class _Client(asyncio.DatagramProtocol):
     """One closed-loop client: a state machine driven by replies and by the sweeper."""
 
     def __init__(self, worker: _Worker, name: bytes, sock: socket.socket) -> None:
@@ -293,6 +293,11 @@ class _Client:
         self.send_next()
 
 
+def _itself(client: _Client) -> Callable[[], _Client]:
+    """The protocol factory of a client's endpoint: each client is its own protocol."""
+    return lambda: client
+
+
 def _client_names(run_id: int, proc: int, count: int) -> list[bytes]:
     return [b"bench-%08x-%d-%d" % (run_id, proc, i) for i in range(count)]
 
@@ -301,7 +306,7 @@ async def _drive(worker: _Worker, clients: list[_Client], progress: Any, slot: i
     """Run the clients for the configured duration; in-flight requests at the end are dropped."""
     loop = asyncio.get_running_loop()
     for client in clients:
-        await loop.create_datagram_endpoint(lambda c=client: c, sock=client.sock)  # type: ignore[misc]
+        await loop.create_datagram_endpoint(_itself(client), sock=client.sock)
     start = time.perf_counter()
     end = start + worker.config.duration
     for client in clients:

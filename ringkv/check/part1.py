@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
 from ringkv.check.base import Answer, Checklist, Context, Stage, Verdict, ask, show
 from ringkv.check.load import Tally, bench_runs, make_value, pool, run_async, timed_request
@@ -120,7 +121,7 @@ def versions(ctx: Context) -> Verdict:
     key = os.urandom(16)
     with Client(ctx.local) as client:
         for version, value in ((1, b"first value"), (2, b"second value")):
-            put = ask(lambda v=value, n=version: client.put(key, v, n))  # type: ignore[misc]
+            put = ask(partial(client.put, key, value, version))
             checks.code(f"PUT v{version}", put, Err.OK)
             got = ask(lambda: client.get(key))
             right = got is not None and got.ok and (got.value, got.version) == (value, version)

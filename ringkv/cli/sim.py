@@ -24,9 +24,11 @@ from ringkv.sim.scenarios import (
 )
 
 
-def _fault_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+def _fault_list(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[str, ...] | None:
     if value is None:
-        return None  # type: ignore[return-value]
+        return None
     kinds = tuple(k.strip() for k in value.split(",") if k.strip())
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown:
