@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
+from ringkv.check.bench import BenchConfig, BenchResult, run_bench, split_clients
 from ringkv.cli import main
-from ringkv.client.bench import BenchConfig, BenchResult, run_bench, split_clients
 from ringkv.client.local import LocalNode, free_udp_port, local_node
 
 

@@ -19,12 +19,12 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from ringkv.check_cli import check
-from ringkv.client.check import SelectionError, select
-from ringkv.client.check_base import Params, Scale
-from ringkv.client.check_load import make_value, value_seq
-from ringkv.client.check_nodes import NodeControl, NodeControlError, is_local
-from ringkv.client.check_seq import Register, classify, schedule
+from ringkv.check.base import Params, Scale
+from ringkv.check.load import make_value, value_seq
+from ringkv.check.nodes import NodeControl, NodeControlError, is_local
+from ringkv.check.seq import Register, classify, schedule
+from ringkv.check.suite import SelectionError, select
+from ringkv.cli.check import check
 from ringkv.client.client import Client, ClientError, Reply
 from ringkv.client.local import free_udp_port, local_node, stop
 from ringkv.runtime.cluster import LocalCluster, local_servers

@@ -10,10 +10,10 @@ from typing import ClassVar
 import pytest
 from click.testing import CliRunner
 
+from ringkv.cli.sim import sim as sim_command
 from ringkv.core.node import TICK_INTERVAL, Node, NodeConfig, Outbox
 from ringkv.sim import scenarios
 from ringkv.sim.checker import check
-from ringkv.sim.cli import sim as sim_command
 from ringkv.sim.clients import ClientGroup, RandomMix, Request, Values, run_batch
 from ringkv.sim.cluster import (
     CRASHED,

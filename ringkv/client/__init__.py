@@ -1,4 +1,4 @@
-"""Client side of the protocol: the client library and the load generator."""
+"""Client side of the protocol: the client library (sync and asyncio)."""
 
 from ringkv.client.client import (
     AsyncClient,

@@ -120,7 +120,7 @@ def parse_reply(data: bytes, source: Addr | None = None) -> tuple[bytes, Reply]:
 def _as_list(servers: Sequence[Addr] | Addr) -> list[Addr]:
     if isinstance(servers, tuple) and len(servers) == 2 and isinstance(servers[1], int):
         return [servers]  # a single address
-    listed = list(servers)  # type: ignore[arg-type]
+    listed = list(servers)
     if not listed:
         raise ValueError("no servers given")
     return listed
@@ -309,7 +309,7 @@ class _AsyncEndpoint(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.waiting: dict[bytes, asyncio.Future[Reply]] = {}
 
-    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: tuple[str | bytes, int]) -> None:
         try:
             message_id, reply = parse_reply(data, (str(addr[0]), int(addr[1])))
         except WireError:
@@ -396,6 +396,21 @@ class AsyncClient:
                 continue
             return reply
         raise ClientTimeout(dest, waits)
+
+    async def request_each(
+        self, command: int, targets: Sequence[Addr]
+    ) -> list[Reply | ClientError]:
+        """Send `command` to every target at once, not one after another (a silent node
+        costs its waits once); a target that never answered gets its ClientTimeout."""
+        answers = await asyncio.gather(
+            *(self.request(command, target=addr) for addr in targets), return_exceptions=True
+        )
+        replies: list[Reply | ClientError] = []
+        for answer in answers:
+            if not isinstance(answer, Reply | ClientError):
+                raise answer  # not a missing reply: a bug or a socket error worth seeing
+            replies.append(answer)
+        return replies
 
     async def _try_once(
         self, datagram: bytes, message_id: bytes, dest: Addr, wait: float

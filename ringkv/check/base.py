@@ -10,12 +10,13 @@ the evaluation's numbers.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ringkv.client.check_nodes import NodeControl
-from ringkv.client.check_report import Reporter
+from ringkv.check.nodes import NodeControl
+from ringkv.check.report import Reporter
 from ringkv.client.client import ClientTimeout, Reply, describe_err
 from ringkv.wire import Addr
 
@@ -229,3 +230,18 @@ class Checklist:
         if failed:
             summary += "; wrong: " + ", ".join(failed)
         return Verdict(not failed, summary)
+
+
+# -- wording shared by the stages ------------------------------------------------------
+
+
+def nodes(n: int) -> str:
+    """'1 node', '3 nodes'."""
+    return f"{n} node{'s' if n != 1 else ''}"
+
+
+def counts_line(counts: dict[Addr, int | None], want: int) -> tuple[bool, str]:
+    """Whether every node reports `want`, and how many nodes reported each count."""
+    seen = Counter("no answer" if c is None else str(c) for c in counts.values())
+    text = ", ".join(f"{count}: {n} node(s)" for count, n in sorted(seen.items()))
+    return all(c == want for c in counts.values()), f"{text} (want {want} on all)"

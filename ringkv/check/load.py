@@ -1,4 +1,4 @@
-"""Request pools for `ringkv check`: many concurrent clients, figures per batch of requests.
+"""Load for `ringkv check`: request pools with figures per batch, and bench runs.
 
 Each simulated client is an AsyncClient with its own UDP socket and one
 request in flight, like one client process of the evaluation. Front ends
@@ -6,19 +6,24 @@ are picked at random per request from the servers given (the live nodes).
 Values are self-describing (`make_value`), so a read can be classified as
 current, stale (an older write of the same key) or invented without
 keeping every value written.
+
+Throughput stages run the bench (`bench_runs`): closed-loop clients in
+worker processes, as `ringkv bench` does.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ringkv.client.client import AsyncClient, ClientTimeout, Reply
+from ringkv.check.base import Context
+from ringkv.check.bench import BenchConfig, BenchResult, percentile, run_bench
+from ringkv.check.report import StepBar
+from ringkv.client.client import AsyncClient, ClientError, ClientTimeout, Reply
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
 
@@ -93,10 +98,7 @@ class Tally:
         return len(self.latencies) / self.seconds if self.seconds else 0.0
 
     def percentile_ms(self, q: float) -> float:
-        if not self.latencies:
-            return 0.0
-        ordered = sorted(self.latencies)
-        return 1000 * ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+        return 1000 * percentile(sorted(self.latencies), q)
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -232,17 +234,15 @@ async def ask_each(
 ) -> dict[Addr, Reply | None]:
     """Send `command` to every node at once; None for a node that never answered."""
     async with AsyncClient(list(servers), timeout, tries) as client:
-        answers = await asyncio.gather(
-            *(client.request(command, target=addr) for addr in servers), return_exceptions=True
-        )
+        answers = await client.request_each(command, servers)
     result: dict[Addr, Reply | None] = {}
     for addr, answer in zip(servers, answers, strict=True):
-        if isinstance(answer, Reply):
-            result[addr] = answer
-        elif isinstance(answer, ClientTimeout):
+        if isinstance(answer, ClientTimeout):
             result[addr] = None
+        elif isinstance(answer, ClientError):
+            raise answer  # not a missing reply: worth seeing
         else:
-            raise answer  # not a missing reply: a bug or a socket error worth seeing
+            result[addr] = answer
     return result
 
 
@@ -256,3 +256,53 @@ def alive_pids(servers: Sequence[Addr]) -> dict[Addr, int | None]:
     """GET_PID of every node given; None where no valid answer came."""
     replies = run_async(ask_each(servers, Command.GET_PID))
     return {a: (r.pid if r is not None and r.ok else None) for a, r in replies.items()}
+
+
+# -- bench runs -------------------------------------------------------------------------
+
+
+def bench_runs(
+    ctx: Context,
+    servers: list[Addr],
+    counts: tuple[int, ...],
+    seconds: float,
+    random_front_end: bool,
+) -> list[BenchResult]:
+    """Closed-loop PUT→GET runs, one per client count, each with its own progress bar."""
+    results = []
+    for clients in counts:
+        config = BenchConfig(
+            servers=tuple(servers),
+            clients=clients,
+            duration=seconds,
+            value_size=ctx.params.value_size,
+            procs=min(ctx.procs, clients),
+            random_front_end=random_front_end,
+        )
+        where = "random front ends" if random_front_end else "one front end"
+        text = f"{clients} closed-loop clients PUT→GET, {where}, {config.duration:g} s"
+        with ctx.report.step(text, total=config.duration) as bar:
+
+            def progress(elapsed: float, done: int, bar: StepBar = bar) -> None:
+                bar.to(elapsed, f"{done / elapsed:,.0f} req/s" if elapsed else "")
+
+            result = run_bench(config, progress)
+        results.append(result)
+        label = f"{clients} client{'s' if clients > 1 else ''}"
+        ctx.report.record(label, result.to_dict(), bench_line(result))
+    return results
+
+
+def bench_success_pct(result: BenchResult) -> float:
+    """Share of requests answered 0 with the right value (a wrong GET value is a failure)."""
+    good = result.errors.get("0", 0) - result.mismatches
+    return 100.0 * max(0, good) / result.requests if result.requests else 0.0
+
+
+def bench_line(r: BenchResult) -> str:
+    codes = " ".join(f"{k}:{v:,}" for k, v in r.errors.items()) or "-"
+    return (
+        f"{r.throughput:,.0f} req/s, {bench_success_pct(r):.2f} % ok; {r.requests:,} requests, "
+        f"{r.timeouts:,} t/o ({r.timeout_pct:g} %), errCodes {codes}, {r.mismatches:,} wrong; "
+        f"latency mean {ms(r.mean_ms)}, p50 {ms(r.p50_ms)}, p99 {ms(r.p99_ms)}"
+    )

@@ -9,14 +9,15 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ringkv.client.check_base import Context, Stage, Verdict
-from ringkv.client.check_load import (
+from ringkv.check.base import Context, Stage, Verdict, counts_line, nodes
+from ringkv.check.load import (
     Tally,
     alive_pids,
+    bench_runs,
+    bench_success_pct,
     get_all,
     make_value,
     membership_counts,
@@ -26,25 +27,12 @@ from ringkv.client.check_load import (
     timed_request,
     value_seq,
 )
-from ringkv.client.check_nodes import is_local, process_gone
-from ringkv.client.check_part1 import bench_runs, bench_success_pct
+from ringkv.check.nodes import is_local, process_gone
 from ringkv.client.client import AsyncClient, Reply
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
 
-
-def nodes(n: int) -> str:
-    return f"{n} node{'s' if n != 1 else ''}"
-
-
 # -- membership ---------------------------------------------------------------------
-
-
-def counts_line(counts: dict[Addr, int | None], want: int) -> tuple[bool, str]:
-    """Whether every node reports `want`, and how many nodes reported each count."""
-    seen = Counter("no answer" if c is None else str(c) for c in counts.values())
-    text = ", ".join(f"{count}: {n} node(s)" for count, n in sorted(seen.items()))
-    return all(c == want for c in counts.values()), f"{text} (want {want} on all)"
 
 
 def check_membership(ctx: Context, want: int, label: str = "membership") -> bool:
@@ -285,8 +273,10 @@ def stage2_perf(ctx: Context) -> Verdict:
 # -- stored keys, suspension and recovery ---------------------------------------------------
 
 
-def store_keys(ctx: Context, tag: str, count: int, clients: int) -> tuple[dict, Tally]:
-    values = {}
+def store_keys(
+    ctx: Context, tag: str, count: int, clients: int
+) -> tuple[dict[bytes, bytes], Tally]:
+    values: dict[bytes, bytes] = {}
     for i in range(count):
         key = ctx.key(tag, i)
         values[key] = make_value(key, 0, ctx.params.value_size)

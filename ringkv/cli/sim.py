@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from ringkv.cli.options import json_option, nodes_option, seed_option
 from ringkv.sim.scenarios import (
     FAULT_KINDS,
     SCENARIOS,
@@ -23,9 +24,11 @@ from ringkv.sim.scenarios import (
 )
 
 
-def _fault_list(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...]:
+def _fault_list(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[str, ...] | None:
     if value is None:
-        return None  # type: ignore[return-value]
+        return None
     kinds = tuple(k.strip() for k in value.split(",") if k.strip())
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown:
@@ -35,8 +38,8 @@ def _fault_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 @click.command()
 @click.argument("scenario", type=click.Choice(sorted(SCENARIOS)))
-@click.option("--nodes", type=click.IntRange(min=1), default=40, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True)
+@nodes_option()
+@seed_option(default=1, show_default=True)
 @click.option("--loss", type=click.FloatRange(0, 1), help="Datagram loss (random-faults: max).")
 @click.option("--keys", type=click.IntRange(min=1), help="Keys (eval-part2: stage 0's count).")
 @click.option(
@@ -55,7 +58,7 @@ def _fault_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--full-nodes", is_flag=True, help="scale: whole nodes, not membership only.")
 @click.option("--no-check", is_flag=True, help="Skip the linearizability checker.")
 @click.option("--runs", type=click.IntRange(min=1), default=1, help="Run seeds SEED.. SEED+RUNS-1.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("Print the summary as JSON.")
 @click.option("--history", type=click.Path(dir_okay=False), help="Save the history (JSON lines).")
 def sim(
     scenario: str,

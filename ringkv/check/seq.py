@@ -21,8 +21,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ringkv.client.check_base import Context, Stage, Verdict
-from ringkv.client.check_load import (
+from ringkv.check.base import Context, Stage, Verdict, counts_line, nodes
+from ringkv.check.load import (
     Tally,
     make_value,
     membership_counts,
@@ -32,7 +32,6 @@ from ringkv.client.check_load import (
     timed_request,
     value_seq,
 )
-from ringkv.client.check_part2 import counts_line, nodes
 from ringkv.client.client import AsyncClient, Reply
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
@@ -176,7 +175,7 @@ def seq_consistency_3(ctx: Context) -> Verdict:
     p, s = ctx.params, ctx.scale
     regs = _first_writes(ctx, "c3-", p.seq3_keys, "PUT")
     keys = list(regs)
-    reads, verdicts, mine = Tally(), Counter[str](), []
+    reads, verdicts, mine = Tally(), Counter[str](), list[Addr]()
     plan = schedule(p.seq3_rounds, s.seq_step, s.seq_max_down)
     for r, change in enumerate(plan, 1):
         chosen = ctx.rng.sample(keys, min(p.seq3_overwrites, len(keys)))
@@ -294,7 +293,7 @@ def seq_consistency_4(ctx: Context) -> Verdict:
     p, s = ctx.params, ctx.scale
     keys = list(_first_writes(ctx, "c4-", p.seq4_keys, "PUT counters"))
     counts = {k: Count() for k in keys}  # a counter never stored reads as 0 all the same
-    plan, mine = schedule(p.seq4_rounds, s.seq_step, s.seq_max_down), []
+    plan, mine = schedule(p.seq4_rounds, s.seq_step, s.seq_max_down), list[Addr]()
     for r, change in enumerate(plan, 1):
         started = time.monotonic()
         what = change_nodes(ctx, change, mine)

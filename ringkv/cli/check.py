@@ -12,28 +12,32 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ringkv.servers import ServerListError, load_servers, parse_addr
+from ringkv.cli.options import (
+    ADDR,
+    procs_option,
+    raise_interrupt,
+    read_servers,
+    seed_option,
+    servers_file_option,
+)
 from ringkv.wire import Addr
 
 if TYPE_CHECKING:
-    from ringkv.client.check import Run
-    from ringkv.client.check_base import Context, Stage
+    from ringkv.check.base import Context, Stage
+    from ringkv.check.suite import Run
 
 EXIT_FAILED = 1  # some stage failed (click uses 2 for bad usage)
 EXIT_INTERRUPTED = 130
 
 
 def _addr(ctx: click.Context, param: click.Parameter, value: str) -> Addr:
-    try:
-        return parse_addr(value)
-    except ServerListError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return ADDR.convert(value, param, ctx)
 
 
 def _stage_list(quick: bool) -> str:
     """Every stage with the parameters of a run against 40 nodes."""
-    from ringkv.client.check import STAGES
-    from ringkv.client.check_base import QUICK, REFERENCE_NODES, Params, Scale
+    from ringkv.check.base import QUICK, REFERENCE_NODES, Params, Scale
+    from ringkv.check.suite import STAGES
 
     params = QUICK if quick else Params()
     scale = Scale.of(REFERENCE_NODES, params)
@@ -41,10 +45,7 @@ def _stage_list(quick: bool) -> str:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--servers", "servers_file", type=click.Path(dir_okay=False, path_type=Path),
-    help="Server list of the deployment for Part 2 (one HOST:PORT a line).",
-)  # fmt: skip
+@servers_file_option("Server list of the deployment for Part 2 (one HOST:PORT a line).")
 @click.option(
     "--local", default="127.0.0.1:43100", show_default=True, callback=_addr,
     help="The one-node deployment for Part 1.",
@@ -65,11 +66,8 @@ def _stage_list(quick: bool) -> str:
     help="How to reach nodes not on this host to suspend them, {host} standing for the "
     "node's address, e.g. 'ssh -o BatchMode=yes {host}'; `kill -STOP PID` is appended.",
 )  # fmt: skip
-@click.option(
-    "--procs", type=click.IntRange(min=1), default=os.cpu_count() or 1, show_default=True,
-    help="Processes the throughput stages spread their clients over.",
-)  # fmt: skip
-@click.option("--seed", type=int, help="Seed for the choice of nodes to suspend.")
+@procs_option(os.cpu_count() or 1, "Processes the throughput stages spread their clients over.")
+@seed_option("Seed for the choice of nodes to suspend.")
 @click.option("--list", "list_stages", is_flag=True, help="List the stages and exit.")
 def check(
     servers_file: Path | None, local: Addr, part: str | None, stage_names: tuple[str, ...],
@@ -92,7 +90,7 @@ def check(
     parts = _parts(part, servers_file)
     servers = _servers(servers_file) if 2 in parts else []
     run = _prepare(local, servers, parts, stage_names, quick, ssh, procs, seed)
-    options = {
+    options: dict[str, object] = {
         "servers": str(servers_file) if servers_file else None,
         "part": part, "stages": list(stage_names), "quick": quick, "procs": procs, "seed": seed,
     }  # fmt: skip
@@ -111,20 +109,17 @@ def _parts(part: str | None, servers_file: Path | None) -> set[int]:
 
 
 def _servers(servers_file: Path | None) -> list[Addr]:
-    try:
-        return load_servers(servers_file) if servers_file else []
-    except ServerListError as exc:
-        raise click.UsageError(str(exc)) from None
+    return read_servers(servers_file) if servers_file else []
 
 
 def _prepare(
     local: Addr, servers: list[Addr], parts: set[int], stage_names: tuple[str, ...],
     quick: bool, ssh: str | None, procs: int, seed: int | None,
 ) -> Run:  # fmt: skip
-    from ringkv.client.check import Run, SelectionError, select
-    from ringkv.client.check_base import QUICK, Context, Params
-    from ringkv.client.check_nodes import NodeControl
-    from ringkv.client.check_report import Reporter
+    from ringkv.check.base import QUICK, Context, Params
+    from ringkv.check.nodes import NodeControl
+    from ringkv.check.report import Reporter
+    from ringkv.check.suite import Run, SelectionError, select
 
     names = [n.strip() for arg in stage_names for n in arg.split(",") if n.strip()]
     try:
@@ -166,11 +161,11 @@ def _header(ctx: Context, stages: list[Stage], quick: bool, seed: int) -> None:
 
 
 def _execute(run: Run, options: dict[str, object], json_out: Path | None) -> None:
-    from ringkv.client.check import run_check, to_json
+    from ringkv.check.suite import run_check, to_json
 
     interrupted = False
     # SIGTERM unwinds like Ctrl-C, so the nodes this run suspended are resumed.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         run_check(run)
     except KeyboardInterrupt:
@@ -186,11 +181,3 @@ def _execute(run: Run, options: dict[str, object], json_out: Path | None) -> Non
         raise SystemExit(EXIT_INTERRUPTED)
     if not run.passed:
         raise SystemExit(EXIT_FAILED)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
-if __name__ == "__main__":
-    check()

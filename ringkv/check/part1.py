@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 
-from ringkv.client.bench import BenchConfig, BenchResult, run_bench
-from ringkv.client.check_base import Answer, Checklist, Context, Stage, Verdict, ask, show
-from ringkv.client.check_load import Tally, make_value, ms, pool, run_async, timed_request
-from ringkv.client.check_nodes import is_local, process_gone
-from ringkv.client.check_report import StepBar
+from ringkv.check.base import Answer, Checklist, Context, Stage, Verdict, ask, show
+from ringkv.check.load import Tally, bench_runs, make_value, pool, run_async, timed_request
+from ringkv.check.nodes import is_local, process_gone
 from ringkv.client.client import AsyncClient, Client, ClientTimeout, client_socket
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err, KVResponse, Msg, encode_request, new_message_id
@@ -122,7 +121,7 @@ def versions(ctx: Context) -> Verdict:
     key = os.urandom(16)
     with Client(ctx.local) as client:
         for version, value in ((1, b"first value"), (2, b"second value")):
-            put = ask(lambda v=value, n=version: client.put(key, v, n))  # type: ignore[misc]
+            put = ask(partial(client.put, key, value, version))
             checks.code(f"PUT v{version}", put, Err.OK)
             got = ask(lambda: client.get(key))
             right = got is not None and got.ok and (got.value, got.version) == (value, version)
@@ -230,53 +229,6 @@ def _amo_put1_put2_retry1(checks: Checklist, c: Client) -> None:
 
 
 # -- performance -----------------------------------------------------------------------
-
-
-def bench_runs(
-    ctx: Context,
-    servers: list[Addr],
-    counts: tuple[int, ...],
-    seconds: float,
-    random_front_end: bool,
-) -> list[BenchResult]:
-    """Closed-loop PUT→GET runs, one per client count, each with its own progress bar."""
-    results = []
-    for clients in counts:
-        config = BenchConfig(
-            servers=tuple(servers),
-            clients=clients,
-            duration=seconds,
-            value_size=ctx.params.value_size,
-            procs=min(ctx.procs, clients),
-            random_front_end=random_front_end,
-        )
-        where = "random front ends" if random_front_end else "one front end"
-        text = f"{clients} closed-loop clients PUT→GET, {where}, {config.duration:g} s"
-        with ctx.report.step(text, total=config.duration) as bar:
-
-            def progress(elapsed: float, done: int, bar: StepBar = bar) -> None:
-                bar.to(elapsed, f"{done / elapsed:,.0f} req/s" if elapsed else "")
-
-            result = run_bench(config, progress)
-        results.append(result)
-        label = f"{clients} client{'s' if clients > 1 else ''}"
-        ctx.report.record(label, result.to_dict(), bench_line(result))
-    return results
-
-
-def bench_success_pct(result: BenchResult) -> float:
-    """Share of requests answered 0 with the right value (a wrong GET value is a failure)."""
-    good = result.errors.get("0", 0) - result.mismatches
-    return 100.0 * max(0, good) / result.requests if result.requests else 0.0
-
-
-def bench_line(r: BenchResult) -> str:
-    codes = " ".join(f"{k}:{v:,}" for k, v in r.errors.items()) or "-"
-    return (
-        f"{r.throughput:,.0f} req/s, {bench_success_pct(r):.2f} % ok; {r.requests:,} requests, "
-        f"{r.timeouts:,} t/o ({r.timeout_pct:g} %), errCodes {codes}, {r.mismatches:,} wrong; "
-        f"latency mean {ms(r.mean_ms)}, p50 {ms(r.p50_ms)}, p99 {ms(r.p99_ms)}"
-    )
 
 
 def performance(ctx: Context) -> Verdict:

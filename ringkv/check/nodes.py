@@ -14,7 +14,7 @@ import shlex
 import signal
 import subprocess
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
 from ringkv.client.client import Client, ClientError, resolve
 from ringkv.wire import Addr
@@ -35,7 +35,7 @@ def is_local(addr: Addr) -> bool:
 def process_gone(pid: int) -> bool:
     """The process has exited (a zombie waiting for its parent counts as gone)."""
     try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return True
 

@@ -10,18 +10,26 @@ from pathlib import Path
 from typing import Any
 
 import click
-import psutil
+import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ringkv.cli.options import (
+    json_option,
+    memory_mb_option,
+    nodes_option,
+    raise_interrupt,
+    read_servers,
+    replicas_option,
+    servers_file_option,
+)
 from ringkv.runtime.cluster import (
     LocalCluster,
     load_state,
     local_servers,
     query_status,
 )
-from ringkv.servers import ServerListError, load_servers
 from ringkv.wire import Addr
 
 _STATE_NAMES = {"A": "alive", "S": "suspect", "D": "dead"}
@@ -37,22 +45,21 @@ _workdir_option = click.option(
     "--dir", "workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".ringkv"),
     show_default=True, help="Where the cluster's state and node logs are kept.",
 )  # fmt: skip
-_servers_option = click.option(
-    "--servers", "servers_file", type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("servers.txt"), show_default=True, help="The cluster's server list.",
-)  # fmt: skip
+_servers_option = servers_file_option(
+    "The cluster's server list.", default=Path("servers.txt"), show_default=True
+)
 
 
 @cluster.command()
-@click.option("--nodes", type=click.IntRange(1, 1000), default=40, show_default=True)
+@nodes_option(most=1000)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address all nodes bind.")
 @click.option("--base-port", type=click.IntRange(1, 64000), default=10001, show_default=True)
 @click.option(
     "--distinct-hosts", is_flag=True,
     help="Node i binds 127.0.0.(i+1) at --base-port, as if on separate machines.",
 )  # fmt: skip
-@click.option("--memory-mb", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--replicas", type=click.IntRange(min=1), default=3, show_default=True)
+@memory_mb_option()
+@replicas_option()
 @click.option(
     "--detach", is_flag=True, help="Start the nodes and return; stop with `cluster down`."
 )
@@ -75,7 +82,7 @@ def up(
     if detach:
         local.wait_ready()
         return
-    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     try:
         watch(servers, console, local)
     except KeyboardInterrupt:
@@ -85,16 +92,12 @@ def up(
         local.stop()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 @cluster.command()
 @_servers_option
 @click.option("--watch", "keep_watching", is_flag=True, help="Refresh every second until Ctrl-C.")
 def status(servers_file: Path, keep_watching: bool) -> None:
     """The status table of a running cluster, once."""
-    servers = _load(servers_file)
+    servers = read_servers(servers_file)
     console = Console()
     if keep_watching:
         try:
@@ -159,7 +162,7 @@ def _signal_nodes(
 @cluster.command()
 @_servers_option
 @click.option("--duration", type=click.FloatRange(min=1), default=600, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as one JSON object.")
+@json_option("Print the figures as one JSON object.")
 def soak(servers_file: Path, duration: float, as_json: bool) -> None:
     """Watch a running cluster: false deaths, count stability, idle cost.
 
@@ -169,7 +172,7 @@ def soak(servers_file: Path, duration: float, as_json: bool) -> None:
     seen, gossip datagrams per node per second and, for nodes on this host,
     the CPU they used (% of one core, all nodes together).
     """
-    servers = _load(servers_file)
+    servers = read_servers(servers_file)
     report = soak_cluster(servers, duration, Console(stderr=True, quiet=as_json))
     if as_json:
         click.echo(json.dumps(report))
@@ -224,13 +227,6 @@ def _local_processes(statuses: dict[int, dict[str, Any]]) -> list[psutil.Process
     return procs
 
 
-def _load(servers_file: Path) -> list[Addr]:
-    try:
-        return load_servers(servers_file)
-    except ServerListError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
 def watch(servers: list[Addr], console: Console, local: LocalCluster | None) -> None:
     """Refresh the status table every second."""
     previous: dict[int, dict[str, Any]] = {}
@@ -258,8 +254,7 @@ def status_table(
     # state: what most nodes believe; h/m/t: keys held as head/middle/tail;
     # moving: transfers in flight plus ring slots not yet pulled.
     columns = ("node", "address", "pid", "state", "count", "keys", "h/m/t", "moving", "req/s")
-    columns += ("note",)
-    for column in columns:
+    for column in (*columns, "note"):
         numeric = column in ("count", "keys", "moving", "req/s")
         table.add_column(column, justify="right" if numeric else "left")
     for index, (host, port) in enumerate(servers):

@@ -1,4 +1,4 @@
-"""The `ringkv` command line."""
+"""The `ringkv` group and its own commands: node, the client commands, echo and bench."""
 
 from __future__ import annotations
 
@@ -7,33 +7,30 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from ringkv.servers import ServerListError, load_servers, parse_addr
+from ringkv.cli.options import (
+    client_options,
+    hex_option,
+    json_option,
+    listen_option,
+    memory_mb_option,
+    procs_option,
+    read_servers,
+    replicas_option,
+    server_option,
+    servers_file_option,
+    timeout_option,
+    tries_option,
+)
 from ringkv.wire import Addr
 
 if TYPE_CHECKING:
+    from ringkv.check.bench import BenchConfig, BenchResult
     from ringkv.client import Client, Reply
-    from ringkv.client.bench import BenchConfig, BenchResult
-
-
-class AddrType(click.ParamType):
-    name = "HOST:PORT"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> Addr:
-        if isinstance(value, tuple):
-            return value  # type: ignore[return-value]
-        try:
-            return parse_addr(str(value))
-        except ServerListError as exc:
-            self.fail(str(exc), param, ctx)
-
-
-ADDR = AddrType()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,28 +40,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--listen", type=ADDR, required=True, help="This node's client address, HOST:PORT.")
-@click.option(
-    "--servers",
-    "servers_file",
-    type=click.Path(dir_okay=False),
-    help="Server list (one HOST:PORT a line); this node is the line equal to --listen. "
-    "Without it the node is a one-node cluster.",
+@listen_option("This node's client address, HOST:PORT.")
+@servers_file_option(
+    "Server list (one HOST:PORT a line); this node is the line equal to --listen. "
+    "Without it the node is a one-node cluster."
 )
-@click.option(
-    "--memory-mb",
-    type=click.IntRange(min=1),
-    default=512,
-    show_default=True,
-    help="Budget for stored bytes; PUTs beyond it get errCode 2.",
-)
-@click.option(
-    "--replicas",
-    type=click.IntRange(min=1),
-    default=3,
-    show_default=True,
-    help="Replication factor (the same on every node of a cluster).",
-)
+@memory_mb_option("Budget for stored bytes; PUTs beyond it get errCode 2.")
+@replicas_option("Replication factor (the same on every node of a cluster).")
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -72,7 +54,7 @@ def main() -> None:
     show_default=True,
 )
 def node(
-    listen: Addr, servers_file: str | None, memory_mb: int, replicas: int, log_level: str
+    listen: Addr, servers_file: Path | None, memory_mb: int, replicas: int, log_level: str
 ) -> None:
     """Run one node of a cluster."""
     from ringkv.core.node import Node, NodeConfig
@@ -85,10 +67,7 @@ def node(
     )
     servers = [listen]
     if servers_file:
-        try:
-            servers = load_servers(servers_file)
-        except ServerListError as exc:
-            raise click.UsageError(str(exc)) from None
+        servers = read_servers(servers_file)
         if listen not in servers:
             raise click.UsageError(
                 f"--listen {listen[0]}:{listen[1]} is not a line of {servers_file}"
@@ -111,48 +90,13 @@ EXIT_ERR = 1  # a protocol errCode other than 0 (not found included)
 EXIT_TIMEOUT = 3  # click itself uses 2 for bad usage
 
 
-def _client_options(func: Callable[..., None]) -> Callable[..., None]:
-    """--server/--servers/--timeout/--tries, shared by every client command."""
-    options = [
-        click.option(
-            "--server", type=ADDR, help="The node to ask, HOST:PORT [default: 127.0.0.1:43100]."
-        ),
-        click.option(
-            "--servers",
-            "servers_file",
-            type=click.Path(dir_okay=False),
-            help="Server list (one HOST:PORT a line): ask a random node of it.",
-        ),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(min=0.001),
-            default=0.1,
-            show_default=True,
-            help="Seconds to wait for the first try; each retry waits twice as long.",
-        ),
-        click.option("--tries", type=click.IntRange(min=1), default=3, show_default=True),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _hex_option(func: Callable[..., None]) -> Callable[..., None]:
-    return click.option(
-        "--hex", "as_hex", is_flag=True, help="Keys and values are given and printed as hex."
-    )(func)
-
-
-def _servers(server: Addr | None, servers_file: str | None) -> tuple[list[Addr], bool]:
+def _servers(server: Addr | None, servers_file: Path | None) -> tuple[list[Addr], bool]:
     """The servers to use and whether they came from a list (then any node may be asked)."""
     if server is not None and servers_file:
         raise click.UsageError("give --server or --servers, not both")
     if not servers_file:
         return [server or DEFAULT_SERVER], False
-    try:
-        return load_servers(servers_file), True
-    except ServerListError as exc:
-        raise click.UsageError(str(exc)) from None
+    return read_servers(servers_file), True
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -162,7 +106,7 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def _call(
     server: Addr | None,
-    servers_file: str | None,
+    servers_file: Path | None,
     timeout: float,
     tries: int,
     action: Callable[[Client], Reply],
@@ -196,15 +140,15 @@ def _key_bytes(text: str, as_hex: bool, what: str) -> bytes:
 @click.argument("key")
 @click.argument("value")
 @click.option("--version", "version", type=int, default=0, show_default=True)
-@_hex_option
-@_client_options
+@hex_option
+@client_options
 def put(
     key: str,
     value: str,
     version: int,
     as_hex: bool,
     server: Addr | None,
-    servers_file: str | None,
+    servers_file: Path | None,
     timeout: float,
     tries: int,
 ) -> None:
@@ -217,14 +161,14 @@ def put(
 @main.command()
 @click.argument("key")
 @click.option("--show-version", is_flag=True, help="Also print the stored version.")
-@_hex_option
-@_client_options
+@hex_option
+@client_options
 def get(
     key: str,
     show_version: bool,
     as_hex: bool,
     server: Addr | None,
-    servers_file: str | None,
+    servers_file: Path | None,
     timeout: float,
     tries: int,
 ) -> None:
@@ -243,13 +187,13 @@ def get(
 
 @main.command()
 @click.argument("key")
-@_hex_option
-@_client_options
+@hex_option
+@client_options
 def rm(
     key: str,
     as_hex: bool,
     server: Addr | None,
-    servers_file: str | None,
+    servers_file: Path | None,
     timeout: float,
     tries: int,
 ) -> None:
@@ -285,7 +229,7 @@ def _admin(
     heading: str,
     field: Callable[[Reply], str],
     server: Addr | None,
-    servers_file: str | None,
+    servers_file: Path | None,
     timeout: float,
     tries: int,
 ) -> None:
@@ -298,8 +242,8 @@ def _admin(
 
 
 @main.command()
-@_client_options
-def alive(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+@client_options
+def alive(server: Addr | None, servers_file: Path | None, timeout: float, tries: int) -> None:
     """Check that a node answers (--servers: every node)."""
     from ringkv.wire.codec import Command
 
@@ -307,8 +251,8 @@ def alive(server: Addr | None, servers_file: str | None, timeout: float, tries: 
 
 
 @main.command()
-@_client_options
-def pid(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+@client_options
+def pid(server: Addr | None, servers_file: Path | None, timeout: float, tries: int) -> None:
     """Print a node's process ID (--servers: every node)."""
     from ringkv.wire.codec import Command
 
@@ -316,8 +260,8 @@ def pid(server: Addr | None, servers_file: str | None, timeout: float, tries: in
 
 
 @main.command()
-@_client_options
-def members(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+@client_options
+def members(server: Addr | None, servers_file: Path | None, timeout: float, tries: int) -> None:
     """Print how many nodes a node believes alive (--servers: every node)."""
     from ringkv.wire.codec import Command
 
@@ -333,16 +277,16 @@ def members(server: Addr | None, servers_file: str | None, timeout: float, tries
 
 
 @main.command()
-@_client_options
-def wipe(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+@client_options
+def wipe(server: Addr | None, servers_file: Path | None, timeout: float, tries: int) -> None:
     """Delete every key held by one node (WIPEOUT)."""
     _call(server, servers_file, timeout, tries, lambda c: c.wipeout())
     click.echo("ok")
 
 
 @main.command()
-@_client_options
-def shutdown(server: Addr | None, servers_file: str | None, timeout: float, tries: int) -> None:
+@client_options
+def shutdown(server: Addr | None, servers_file: Path | None, timeout: float, tries: int) -> None:
     """Make a node exit at once, like a crash (sent once, not retried)."""
     from ringkv.client import Client, ClientError
 
@@ -364,7 +308,7 @@ def shutdown(server: Addr | None, servers_file: str | None, timeout: float, trie
 
 
 @main.command()
-@click.option("--listen", type=ADDR, required=True, help="Address to echo on, HOST:PORT.")
+@listen_option("Address to echo on, HOST:PORT.")
 @click.option("--blocking", is_flag=True, help="A plain recvfrom/sendto loop instead of uvloop.")
 def echo(listen: Addr, blocking: bool) -> None:
     """Run a bare UDP echo server: the bench's ceiling."""
@@ -374,13 +318,8 @@ def echo(listen: Addr, blocking: bool) -> None:
 
 
 @main.command()
-@click.option("--server", type=ADDR, help="The node to load [default: 127.0.0.1:43100].")
-@click.option(
-    "--servers",
-    "servers_file",
-    type=click.Path(dir_okay=False),
-    help="Server list: load its first node, or every node with --random-front-end.",
-)
+@server_option("The node to load [default: 127.0.0.1:43100].")
+@servers_file_option("Server list: load its first node, or every node with --random-front-end.")
 @click.option("--random-front-end", is_flag=True, help="Send each request to a random node.")
 @click.option(
     "--clients",
@@ -402,15 +341,9 @@ def echo(listen: Addr, blocking: bool) -> None:
     show_default=True,
     help="Keys per client, used in turn.",
 )
-@click.option(
-    "--procs",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Processes to spread the clients over.",
-)
-@click.option("--timeout", type=click.FloatRange(min=0.001), default=0.1, show_default=True)
-@click.option("--tries", type=click.IntRange(min=1), default=3, show_default=True)
+@procs_option(1, "Processes to spread the clients over.")
+@timeout_option()
+@tries_option()
 @click.option(
     "--echo",
     "target_is_echo",
@@ -434,10 +367,10 @@ def echo(listen: Addr, blocking: bool) -> None:
     is_flag=True,
     help="The started echo server uses a plain blocking loop, not uvloop.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object, no progress bar.")
+@json_option("Print one JSON object, no progress bar.")
 def bench(
     server: Addr | None,
-    servers_file: str | None,
+    servers_file: Path | None,
     random_front_end: bool,
     clients: int,
     duration: float,
@@ -470,7 +403,7 @@ def bench(
 
     Without --server/--servers, --echo-server PORT benches only the echo server.
     """
-    from ringkv.client.bench import BenchConfig, BenchError
+    from ringkv.check.bench import BenchConfig, BenchError
 
     has_target = server is not None or servers_file is not None
     servers, _ = _servers(server, servers_file)
@@ -505,7 +438,7 @@ def _bench_runs(
     import dataclasses
     import json
 
-    from ringkv.client.bench import describe, echo_server, ratio
+    from ringkv.check.bench import describe, echo_server, ratio
     from ringkv.client.local import free_udp_port
 
     results: dict[str, BenchResult] = {}
@@ -534,24 +467,29 @@ def _bench_runs(
 
 
 def _bench_one(config: BenchConfig, label: str, as_json: bool) -> BenchResult:
-    from ringkv.client.bench import run_bench
-    from ringkv.client.console import run_with_progress
+    from ringkv.check.bench import run_bench
 
-    return run_bench(config) if as_json else run_with_progress(config, label)
-
-
-def _register_groups() -> None:
-    from ringkv.check_cli import check
-    from ringkv.cli_cluster import cluster
-    from ringkv.sim.cli import sim
-
-    main.add_command(check)
-    main.add_command(cluster)
-    main.add_command(sim)
+    return run_bench(config) if as_json else _run_with_progress(config, label)
 
 
-_register_groups()
+def _run_with_progress(config: BenchConfig, label: str) -> BenchResult:
+    """run_bench with a progress bar on stderr, gone once the figures are printed."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from ringkv.check.bench import run_bench
 
-if __name__ == "__main__":
-    main()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[rate]}"),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(label, total=config.duration, rate="starting")
+
+        def update(elapsed: float, done: int) -> None:
+            rate = f"{done:,} requests, {done / elapsed:,.0f} req/s" if elapsed > 0 else ""
+            progress.update(task, completed=elapsed, rate=rate)
+
+        return run_bench(config, update)

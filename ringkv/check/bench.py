@@ -44,7 +44,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no hints
 
 from ringkv.client.client import client_socket, resolve, route_ip
 from ringkv.client.local import stop
@@ -82,7 +82,7 @@ class WorkerResult:
     retries: int = 0
     mismatches: int = 0
     errors: dict[int, int] = field(default_factory=dict)
-    latencies: array = field(default_factory=lambda: array("d"))
+    latencies: array[float] = field(default_factory=lambda: array("d"))
     elapsed: float = 0.0
 
 
@@ -150,11 +150,11 @@ class _Worker:
         self.stopping = False
         self.msg = Msg()  # reused: parsing into a live object saves an allocation per reply
         self.response = KVResponse()
-        self.latencies: array = array("d")
+        self.latencies: array[float] = array("d")
         self.make_value = _value_maker(config.value_size)
 
 
-class _Client:
+class _Client(asyncio.DatagramProtocol):
     """One closed-loop client: a state machine driven by replies and by the sweeper."""
 
     def __init__(self, worker: _Worker, name: bytes, sock: socket.socket) -> None:
@@ -293,6 +293,11 @@ class _Client:
         self.send_next()
 
 
+def _itself(client: _Client) -> Callable[[], _Client]:
+    """The protocol factory of a client's endpoint: each client is its own protocol."""
+    return lambda: client
+
+
 def _client_names(run_id: int, proc: int, count: int) -> list[bytes]:
     return [b"bench-%08x-%d-%d" % (run_id, proc, i) for i in range(count)]
 
@@ -301,7 +306,7 @@ async def _drive(worker: _Worker, clients: list[_Client], progress: Any, slot: i
     """Run the clients for the configured duration; in-flight requests at the end are dropped."""
     loop = asyncio.get_running_loop()
     for client in clients:
-        await loop.create_datagram_endpoint(lambda c=client: c, sock=client.sock)  # type: ignore[misc]
+        await loop.create_datagram_endpoint(_itself(client), sock=client.sock)
     start = time.perf_counter()
     end = start + worker.config.duration
     for client in clients:
@@ -449,7 +454,7 @@ def _check_alive(config: BenchConfig, workers: list[Any], began: float) -> None:
         raise BenchError("a bench process died")
 
 
-def _percentile(ordered: list[float], q: float) -> float:
+def percentile(ordered: list[float], q: float) -> float:
     """Nearest-rank percentile of sorted data, in the data's unit."""
     if not ordered:
         return 0.0
@@ -478,8 +483,8 @@ def merge(config: BenchConfig, results: list[WorkerResult]) -> BenchResult:
         requests=requests,
         answered=answered,
         throughput=round(answered / elapsed, 1),
-        p50_ms=round(_percentile(latencies, 0.50) * 1000, 3),
-        p99_ms=round(_percentile(latencies, 0.99) * 1000, 3),
+        p50_ms=round(percentile(latencies, 0.50) * 1000, 3),
+        p99_ms=round(percentile(latencies, 0.99) * 1000, 3),
         max_ms=round((latencies[-1] if latencies else 0.0) * 1000, 3),
         mean_ms=round(sum(latencies) / len(latencies) * 1000, 3) if latencies else 0.0,
         timeouts=timeouts,

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ringkv.client import check_part1, check_part2, check_seq
-from ringkv.client.check_base import Context, Stage
-from ringkv.client.check_load import ask_each, run_async
-from ringkv.client.check_report import StageResult
+from ringkv.check import part1, part2, seq
+from ringkv.check.base import Context, Stage
+from ringkv.check.load import ask_each, run_async
+from ringkv.check.report import StageResult
 from ringkv.client.client import Client, ClientError
 from ringkv.wire.codec import Command
 
-STAGES: list[Stage] = [*check_part1.STAGES, *check_part2.STAGES, *check_seq.STAGES]
+STAGES: list[Stage] = [*part1.STAGES, *part2.STAGES, *seq.STAGES]
 
 
 class SelectionError(ValueError):

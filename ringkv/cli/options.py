@@ -1,0 +1,132 @@
+"""Click options, parameter types and small helpers that several `ringkv` commands share.
+
+An option keeps its name, type and default wherever it is used; where the
+commands explain it differently, the help text is an argument.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ringkv.servers import ServerListError, load_servers, parse_addr
+from ringkv.wire import Addr
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AddrType(click.ParamType[Addr]):
+    name = "HOST:PORT"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Addr:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_addr(str(value))
+        except ServerListError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+ADDR = AddrType()
+
+
+def read_servers(path: str | Path) -> list[Addr]:
+    """The server list in `path`; a bad or missing file is a usage error."""
+    try:
+        return load_servers(path)
+    except ServerListError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def raise_interrupt(signum: int, frame: object) -> None:
+    """A signal handler that unwinds like Ctrl-C (for SIGTERM)."""
+    raise KeyboardInterrupt
+
+
+# -- addresses and server lists ----------------------------------------------------------
+
+
+def listen_option(help: str) -> Callable[[F], F]:
+    return click.option("--listen", type=ADDR, required=True, help=help)
+
+
+def server_option(help: str) -> Callable[[F], F]:
+    return click.option("--server", type=ADDR, help=help)
+
+
+def servers_file_option(help: str, **extra: Any) -> Callable[[F], F]:
+    """--servers FILE, passed as the Path `servers_file`."""
+    path = click.Path(dir_okay=False, path_type=Path)
+    return click.option("--servers", "servers_file", type=path, help=help, **extra)
+
+
+# -- requests ------------------------------------------------------------------------------
+
+
+def timeout_option(help: str | None = None) -> Callable[[F], F]:
+    return click.option(
+        "--timeout", type=click.FloatRange(min=0.001), default=0.1, show_default=True, help=help
+    )
+
+
+def tries_option() -> Callable[[F], F]:
+    return click.option("--tries", type=click.IntRange(min=1), default=3, show_default=True)
+
+
+def client_options(func: F) -> F:
+    """--server/--servers/--timeout/--tries, shared by every client command."""
+    options = [
+        server_option("The node to ask, HOST:PORT [default: 127.0.0.1:43100]."),
+        servers_file_option("Server list (one HOST:PORT a line): ask a random node of it."),
+        timeout_option("Seconds to wait for the first try; each retry waits twice as long."),
+        tries_option(),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def hex_option(func: F) -> F:
+    return click.option(
+        "--hex", "as_hex", is_flag=True, help="Keys and values are given and printed as hex."
+    )(func)
+
+
+# -- nodes and runs ------------------------------------------------------------------------
+
+
+def nodes_option(most: int | None = None) -> Callable[[F], F]:
+    """--nodes N: a cluster's size, 40 by default as in the evaluation."""
+    return click.option("--nodes", type=click.IntRange(1, most), default=40, show_default=True)
+
+
+def memory_mb_option(help: str | None = None) -> Callable[[F], F]:
+    return click.option(
+        "--memory-mb", type=click.IntRange(min=1), default=512, show_default=True, help=help
+    )
+
+
+def replicas_option(help: str | None = None) -> Callable[[F], F]:
+    return click.option(
+        "--replicas", type=click.IntRange(min=1), default=3, show_default=True, help=help
+    )
+
+
+def procs_option(default: int, help: str) -> Callable[[F], F]:
+    return click.option(
+        "--procs", type=click.IntRange(min=1), default=default, show_default=True, help=help
+    )
+
+
+def seed_option(help: str | None = None, **extra: Any) -> Callable[[F], F]:
+    return click.option("--seed", type=int, help=help, **extra)
+
+
+def json_option(help: str) -> Callable[[F], F]:
+    """--json as a flag: print the figures as JSON (`as_json`)."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
