@@ -44,7 +44,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from google.protobuf.message import DecodeError  # type: ignore[import-untyped]  # no hints
+from google.protobuf.message import DecodeError
 
 from ringkv.client.client import client_socket, resolve, route_ip
 from ringkv.client.local import stop
