@@ -11,7 +11,8 @@
 #
 # Prints one line per round and tree (kvload's throughput, p50, p99, time-outs)
 # and the medians. A one-node "cluster" is addressed directly, as the protocol's
-# one-node deployments are; larger ones through random front ends.
+# one-node deployments are; larger ones through random front ends. LOAD=bench
+# loads them with the project's own `ringkv bench` (of the new tree) instead.
 set -euo pipefail
 OLD=$(cd "$1" && pwd)
 NEW=$(cd "$2" && pwd)
@@ -32,10 +33,22 @@ measure() {  # tree label
   (cd "$dir" && PYTHONPATH="$tree" "$PY" -m ringkv cluster up --nodes "$NODES" \
       --base-port 47001 --detach >/dev/null)
   sleep $((NODES > 10 ? 25 : 6))  # every node alive in every view
-  local target=(-s "$dir/servers.txt" --random-front-end)
-  [ "$NODES" -eq 1 ] && target=(-t 127.0.0.1:47001)
-  "$KVLOAD" "${target[@]}" -c "$CLIENTS" -d 5 -w 1 -v 500 >/dev/null  # warm-up
-  "$KVLOAD" "${target[@]}" -c "$CLIENTS" -d "$SECONDS_" -w 2 -v 500 > "$dir/out.txt"
+  if [ "${LOAD:-kvload}" = bench ]; then
+    local target=(--servers "$dir/servers.txt" --random-front-end)
+    [ "$NODES" -eq 1 ] && target=(--server 127.0.0.1:47001)
+    "$HERE/.venv/bin/ringkv" bench "${target[@]}" --clients "$CLIENTS" --duration 5 >/dev/null
+    "$HERE/.venv/bin/ringkv" bench "${target[@]}" --clients "$CLIENTS" --duration "$SECONDS_" \
+      --json | "$PY" -c 'import json, sys
+r = json.load(sys.stdin)
+for name, key in [("throughput_req_s", "throughput"), ("latency_p50_ms", "p50_ms"),
+                  ("latency_p99_ms", "p99_ms"), ("timeouts", "timeouts")]:
+    print(name + ": " + str(r.get(key)))' > "$dir/out.txt"
+  else
+    local target=(-s "$dir/servers.txt" --random-front-end)
+    [ "$NODES" -eq 1 ] && target=(-t 127.0.0.1:47001)
+    "$KVLOAD" "${target[@]}" -c "$CLIENTS" -d 5 -w 1 -v 500 >/dev/null  # warm-up
+    "$KVLOAD" "${target[@]}" -c "$CLIENTS" -d "$SECONDS_" -w 2 -v 500 > "$dir/out.txt"
+  fi
   (cd "$dir" && PYTHONPATH="$tree" "$PY" -m ringkv cluster down >/dev/null)
   sleep 2
   awk -F': ' -v l="$label" '{v[$1]=$2}
