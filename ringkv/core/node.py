@@ -244,17 +244,10 @@ class Node:
 
     def _handlers_by_type(self) -> dict[type, Callable[[Any, Addr, float], list[Send]]]:
         """Every peer message type and who takes it."""
-        replication = self.replication
         return {
             Forward: self._on_forward,
             StatusRequest: self._on_status_request,
-            peer.Write: replication.on_replicate,
-            peer.Ack: replication.on_ack,
-            peer.SyncRequest: replication.on_sync_request,
-            peer.SyncData: replication.on_sync_data,
-            peer.SyncDone: replication.on_sync_done,
-            peer.Handoff: replication.on_handoff,
-            peer.SyncConfirm: replication.on_sync_confirm,
+            **self.replication.peer_handlers(),
         }
 
     def _on_forward(self, forward: Forward, src: Addr, now: float) -> list[Send]:

@@ -216,25 +216,23 @@ class Write(NamedTuple):
     path: tuple[int, ...]  # nodes that applied it, head first
     targets: tuple[int, ...] = ()  # every node some member of the path meant it for
 
-    def routed(self, path: tuple[int, ...], targets: tuple[int, ...]) -> Write:
-        """The same write with another path and targets (it moved on)."""
-        return Write(
-            self.message_id, self.client, self.err, self.key, self.value, self.version,
-            self.stamp, path, targets,
-        )  # fmt: skip
 
-
-def encode_replicate(write: Write) -> bytes:
+def encode_replicate(
+    write: Write, path: tuple[int, ...] | None = None, targets: tuple[int, ...] | None = None
+) -> bytes:
+    """REPLICATE of the write; as it moves on, with the path and targets given."""
+    path = write.path if path is None else path
+    targets = write.targets if targets is None else targets
     host = write.client[0].encode()
     removed = write.value is None
     head = _REPLICATE_HEAD.pack(
         MAGIC, REPLICATE, removed, write.err, write.stamp, write.version, write.client[1],
-        len(host), len(write.message_id), len(write.key), len(write.path), len(write.targets),
+        len(host), len(write.message_id), len(write.key), len(path), len(targets),
     )  # fmt: skip
-    nodes = (*write.path, *write.targets)
-    path = struct.pack(f"!{len(nodes)}H", *nodes)
+    nodes = (*path, *targets)
+    indices = struct.pack(f"!{len(nodes)}H", *nodes)
     value = b"" if write.value is None else write.value
-    return b"".join((head, host, write.message_id, write.key, path, value))
+    return b"".join((head, host, write.message_id, write.key, indices, value))
 
 
 def _decode_replicate(data: bytes, limits: PeerLimits) -> Write:

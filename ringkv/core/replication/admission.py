@@ -77,7 +77,20 @@ def admit(
     `pulling`: this node is pulling the key's slot; `in_doubt`: of its view;
     `handed_on_to`: where it handed this write (by message ID) earlier.
     """
-    to, delegate = _route(is_read, chain, me, hops, pulling, in_doubt, limits)
+    # Where to send it on (None: take it here), and whether writes were delegated.
+    to: int | None = None
+    delegate = False
+    if hops < limits.last_hop:
+        target = chain[-1] if is_read else chain[0]
+        if target != me and (hops < limits.execute_after or me not in chain):
+            to = target
+        elif pulling or (is_read and in_doubt):
+            to = neighbour(chain, me, before=is_read)
+            if not is_read and to is not None:
+                if to == chain[-1]:
+                    to = None  # the tail must not lead: act for the chain here
+                else:
+                    delegate = True
     remember = False
     if not is_read and hops < limits.last_hop:
         if handed_on_to is not None:
@@ -97,26 +110,6 @@ def admit(
     if hops >= limits.give_up or fallback == me:
         return _DROP
     return Decision(Action.FORWARD, fallback)
-
-
-def _route(
-    is_read: bool, chain: tuple[int, ...], me: int, hops: int, pulling: bool, in_doubt: bool,
-    limits: HopLimits,
-) -> tuple[int | None, bool]:  # fmt: skip
-    """(where to send it on, or None to take it here; whether writes were delegated)."""
-    if hops >= limits.last_hop:
-        return None, False
-    target = chain[-1] if is_read else chain[0]
-    if target != me and (hops < limits.execute_after or me not in chain):
-        return target, False
-    if pulling or (is_read and in_doubt):
-        other = neighbour(chain, me, before=is_read)
-        if not is_read and other is not None:
-            if other == chain[-1]:
-                return None, False  # the tail must not lead: act for the chain here
-            return other, True
-        return other, False
-    return None, False
 
 
 def read_ready(pulling_unsure: bool, held_back: bool, is_tail: bool, write_in_flight: bool) -> bool:

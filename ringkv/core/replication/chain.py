@@ -28,14 +28,19 @@ from ringkv.core.replies import ReplyCache
 from ringkv.core.storage import Storage
 from ringkv.wire import Addr, Send, peer
 from ringkv.wire.codec import Command, Err, KVRequest, encode_response
-from ringkv.wire.peer import Write
+from ringkv.wire.peer import Ack, Write
 
 STAMP_NODE_BITS = 12
 
 
 @dataclass
 class _Pending:
+    """A write passed on and not yet acknowledged: as received, with the path that
+    has applied it and every node it is meant for, as sent."""
+
     write: Write
+    path: tuple[int, ...]
+    targets: tuple[int, ...]
     sent_at: float
     since: float
 
@@ -76,7 +81,7 @@ class ChainWrites:
         """
         pending = self._pending.get(message_id)
         if pending is not None:  # a retry of a write still on its way down
-            return self.send_down(pending.write, now)
+            return self._resend(pending, now)
         done = self.replies.get(message_id)
         if done is not None:
             return [(encode_response(message_id, done), client)]
@@ -97,9 +102,9 @@ class ChainWrites:
         self.storage.apply(key, value, request.version, stamp, now, slot)
         self.replies.put(message_id, err, now, slot)
         self.stats.writes_led += 1
-        index = self.view.index
-        write = Write(message_id, client, err, key, value, request.version, stamp, (index,))
-        return self._send(write, (index,), self._write_chain(slot, now), now)
+        path = (self.view.index,)
+        write = Write(message_id, client, err, key, value, request.version, stamp, path)
+        return self._send(write, path, (), self._write_chain(slot, now), now)
 
     def stamp_at(self, when: float) -> int:
         """The lowest stamp a head could give a write at `when`."""
@@ -114,7 +119,7 @@ class ChainWrites:
 
     # -- down the chain and back ------------------------------------------------
 
-    def on_replicate(self, write: Write, now: float) -> list[Send]:
+    def on_replicate(self, write: Write, src: Addr, now: float) -> list[Send]:
         slot = self.view.slot_of(write.key)
         if not self.storage.apply(write.key, write.value, write.version, write.stamp, now, slot):
             if self.storage.stamp_of(write.key) < write.stamp:
@@ -124,40 +129,40 @@ class ChainWrites:
         index, path = self.view.index, write.path
         if index not in path:
             path = (*path, index)
-        return self._send(write, path, self._write_chain(slot, now), now)
+        return self._send(write, path, write.targets, self._write_chain(slot, now), now)
 
-    def send_down(self, write: Write, now: float) -> list[Send]:
-        """Pass a write to the next member that has not applied it, or finish it here."""
-        chain = self._write_chain(self.view.slot_of(write.key), now)
-        return self._send(write, write.path, chain, now)
+    def _resend(self, pending: _Pending, now: float) -> list[Send]:
+        """Pass an unacknowledged write down the chain as it is now."""
+        chain = self._write_chain(self.view.slot_of(pending.write.key), now)
+        return self._send(pending.write, pending.path, pending.targets, chain, now)
 
     def _send(
-        self, write: Write, path: tuple[int, ...], chain: tuple[int, ...], now: float
-    ) -> list[Send]:
+        self, write: Write, path: tuple[int, ...], targets: tuple[int, ...],
+        chain: tuple[int, ...], now: float,
+    ) -> list[Send]:  # fmt: skip
         """Send the write, applied by `path`, to the next member of `chain` not on it."""
         # Members earlier on the path may know of nodes this view does not rank in the
         # chain yet (or any longer): those not dead here get the write as well, even
         # a suspect, which may still think itself a member and serve reads.
-        if write.targets:
+        if targets and targets != chain:
             not_dead = self.view.not_dead
-            chain += tuple(m for m in write.targets if m not in chain and m in not_dead)
-        if path != write.path or chain != write.targets:
-            write = write.routed(path, chain)
+            chain += tuple(m for m in targets if m not in chain and m in not_dead)
         successor = next((m for m in chain if m not in path), None)
+        message_id = write.message_id
         if successor is None:
-            return self._finish(write)
-        previous = self._pending.get(write.message_id)
+            return self._finish(write, path)
+        previous = self._pending.get(message_id)
         since = previous.since if previous else now
-        self._pending[write.message_id] = _Pending(write, now, since)
-        return [(peer.encode_replicate(write), self.servers[successor])]
+        self._pending[message_id] = _Pending(write, path, chain, now, since)
+        return [(peer.encode_replicate(write, path, chain), self.servers[successor])]
 
-    def _finish(self, write: Write) -> list[Send]:
+    def _finish(self, write: Write, path: tuple[int, ...]) -> list[Send]:
         """The tail: the write is on every member; answer the client, tell the path."""
         self._pending.pop(write.message_id, None)
         sends: list[Send] = [(encode_response(write.message_id, write.err), write.client)]
         ack = peer.encode_ack(write.message_id)
         index = self.view.index
-        sends.extend((ack, self.servers[m]) for m in write.path if m != index)
+        sends.extend((ack, self.servers[m]) for m in path if m != index)
         return sends
 
     def _write_chain(self, slot: int, now: float) -> tuple[int, ...]:
@@ -180,8 +185,9 @@ class ChainWrites:
                     extra.append(member)
         return (*chain, *extra) if extra else chain
 
-    def on_ack(self, message_id: bytes) -> None:
-        self._pending.pop(message_id, None)
+    def on_ack(self, ack: Ack, src: Addr, now: float) -> list[Send]:
+        self._pending.pop(ack.message_id, None)
+        return []
 
     def in_flight(self, key: bytes) -> bool:
         """Is a write of the key on its way down from here, not yet acknowledged?"""
@@ -208,5 +214,5 @@ class ChainWrites:
             if now - pending.since > config.give_up_after:
                 del self._pending[message_id]
             elif now - pending.sent_at >= config.resend_after:
-                sends.extend(self.send_down(pending.write, now))
+                sends.extend(self._resend(pending, now))
         return sends

@@ -6,7 +6,8 @@ table, the transfer engine and the handoffs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ringkv.core.membership import (
     DoubtChanged,
@@ -43,6 +44,9 @@ from ringkv.wire.peer import (
     SyncRequest,
     Write,
 )
+
+# Takes a peer message of one type, from a source address, at `now`.
+PeerHandler = Callable[[Any, Addr, float], list[Send]]
 
 
 class Replication:
@@ -95,11 +99,10 @@ class Replication:
     ) -> list[Send]:  # fmt: skip
         """A client's GET, PUT or REMOVE, from the client or forwarded `hops` times."""
         key = request.key
-        view, slots, me = self.view, self.slots, self.index
-        slot = view.slot_of(key)
-        chain = view.chain(slot)
+        slots, me = self.slots, self.index
+        slot, chain = self.view.locate(key)
         is_read = request.command == Command.GET
-        pulling = slots.pulling(slot)
+        pulling, unsure, held_back = slots.facts(slot, key, self.storage.stamp_of)
         handed_on = self.writes.handed_on
         earlier = None if is_read else handed_on.get(message_id)
         decision = admit(
@@ -117,12 +120,11 @@ class Replication:
             return [(peer.encode_forward(client, data, hops + 1), self.servers[to])]
         if action is Action.DROP:
             return []
-        held_back = slots.holds_back(slot, key, self.storage.stamp_of)
         if action is Action.READ:
             is_tail = chain[-1] == me
             # Only a non-tail asks whether a write of the key is on its way down.
             in_flight = not is_tail and self.writes.in_flight(key)
-            if not read_ready(slots.pulling_unsure(slot), held_back, is_tail, in_flight):
+            if not read_ready(unsure, held_back, is_tail, in_flight):
                 return []  # no answer: the client's retry comes after the pull
             return [(self._read(message_id, key), client)]
         may_remove = request.command != Command.REMOVE or may_lead_remove(pulling, held_back)
@@ -136,12 +138,18 @@ class Replication:
 
     # -- down the chain and back ------------------------------------------------
 
-    def on_replicate(self, write: Write, src: Addr, now: float) -> list[Send]:
-        return self.writes.on_replicate(write, now)
-
-    def on_ack(self, ack: Ack, src: Addr, now: float) -> list[Send]:
-        self.writes.on_ack(ack.message_id)
-        return []
+    def peer_handlers(self) -> dict[type, PeerHandler]:
+        """The peer messages replication takes, and which of its parts takes each."""
+        writes = self.writes
+        return {
+            Write: writes.on_replicate,
+            Ack: writes.on_ack,
+            SyncRequest: self.on_sync_request,
+            SyncData: self.on_sync_data,
+            SyncDone: self.on_sync_done,
+            Handoff: self.on_handoff,
+            SyncConfirm: self.on_sync_confirm,
+        }
 
     # -- membership changes -----------------------------------------------------
 

@@ -85,6 +85,9 @@ class SlotState:
         return Phase.SERVING if self.hold is None else Phase.HELD
 
 
+_WHOLE = (False, False, False)  # SlotTable.facts of a slot never touched
+
+
 class InvariantError(AssertionError):
     """A slot's state broke one of the rules in check_invariants."""
 
@@ -150,6 +153,20 @@ class SlotTable:
         """Is the key older than the slot's hold (so not to be served)?"""
         state = self._states.get(slot)
         return state is not None and state.hold is not None and stamp_of(key) < state.hold
+
+    def facts(
+        self, slot: int, key: bytes, stamp_of: Callable[[bytes], int]
+    ) -> tuple[bool, bool, bool]:
+        """What a request of the key needs to know, in one look: (pulling the
+        slot, pulling it unsure: not as a fresh start, the key older than a hold)."""
+        state = self._states.get(slot)
+        if state is None:
+            return _WHOLE
+        pull, hold = state.pull, state.hold
+        held_back = hold is not None and stamp_of(key) < hold
+        if pull is None:
+            return (False, False, held_back)
+        return (True, not pull.fresh, held_back)
 
     def pulling_unsure(self, slot: int) -> bool:
         """Pulling the slot, and not as a fresh process (which missed nothing written

@@ -24,6 +24,12 @@ class ChainView:
     def slot_of(self, key: bytes) -> int:
         return self.ring.slot_of(key_position(key))
 
+    def locate(self, key: bytes) -> tuple[int, tuple[int, ...]]:
+        """The key's slot and its chain (the request path asks both at once)."""
+        ring = self.ring
+        slot = ring.slot_of(key_position(key))
+        return slot, ring.chain_at(slot, self.alive, self.replicas)
+
     def chain(self, slot: int) -> tuple[int, ...]:
         """The slot's chain, head first, as this node sees it now."""
         return self.ring.chain_at(slot, self.alive, self.replicas)
