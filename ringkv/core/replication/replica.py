@@ -45,6 +45,10 @@ from ringkv.wire.peer import (
     Write,
 )
 
+# Enum members, looked up once: a lookup through the class costs 10x a global's (3.11).
+_GET, _REMOVE = Command.GET, Command.REMOVE
+_FORWARD, _READ, _DROP = Action.FORWARD, Action.READ, Action.DROP
+
 # Takes a peer message of one type, from a source address, at `now`.
 PeerHandler = Callable[[Any, Addr, float], list[Send]]
 
@@ -101,7 +105,7 @@ class Replication:
         key = request.key
         slots, me = self.slots, self.index
         slot, chain = self.view.locate(key)
-        is_read = request.command == Command.GET
+        is_read = request.command == _GET
         pulling, unsure, held_back = slots.facts(slot, key, self.storage.stamp_of)
         handed_on = self.writes.handed_on
         earlier = None if is_read else handed_on.get(message_id)
@@ -112,22 +116,22 @@ class Replication:
         action = decision.action
         if decision.delegate:
             slots.delegate(slot)
-        if action is Action.FORWARD:
+        if action is _FORWARD:
             to = decision.to
             assert to is not None
             if decision.remember:
                 handed_on[message_id] = (to, now + self.replies.retention)
             return [(peer.encode_forward(client, data, hops + 1), self.servers[to])]
-        if action is Action.DROP:
+        if action is _DROP:
             return []
-        if action is Action.READ:
+        if action is _READ:
             is_tail = chain[-1] == me
             # Only a non-tail asks whether a write of the key is on its way down.
             in_flight = not is_tail and self.writes.in_flight(key)
             if not read_ready(unsure, held_back, is_tail, in_flight):
                 return []  # no answer: the client's retry comes after the pull
             return [(self._read(message_id, key), client)]
-        may_remove = request.command != Command.REMOVE or may_lead_remove(pulling, held_back)
+        may_remove = request.command != _REMOVE or may_lead_remove(pulling, held_back)
         return self.writes.lead(message_id, request, client, slot, now, may_remove)
 
     def _read(self, message_id: bytes, key: bytes) -> bytes:
