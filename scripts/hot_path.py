@@ -1,0 +1,72 @@
+"""The work one node of 10 does per message, for counting instructions.
+
+    python scripts/hot_path.py OPS KIND     KIND: get | put | forward | replicate
+
+get: a GET it answers as the key's tail; put: a PUT it leads as head, and the
+ACK that ends it; forward: a GET it passes on as a front end outside the
+chain; replicate: a REPLICATE it applies and passes on as a middle member,
+and its ACK. Works on older commits too (run it with PYTHONPATH=THAT_TREE).
+scripts/instructions.sh turns it into instructions per message (callgrind).
+"""
+
+import sys
+
+from ringkv.core.node import Node, NodeConfig
+from ringkv.wire import peer
+from ringkv.wire.codec import Command, encode_request
+
+ops, kind = int(sys.argv[1]), sys.argv[2]
+servers = tuple(("127.0.0.1", 40000 + i) for i in range(10))
+node = Node(NodeConfig(servers=servers, self_index=0))
+r = node.replication
+ring = node.ring
+alive = frozenset(range(10))
+
+
+def chain(k):
+    return ring.chain(k, alive, 3)
+
+
+sent = node.on_tick(0.6).data
+for _ in range(50):
+    new = []
+    for data, addr in sent:
+        if data[2] == peer.SYNC_REQUEST:
+            if hasattr(peer, "decode"):
+                rid = peer.decode(data, peer.PeerLimits(10, ring.slots)).request_id
+            else:  # before messages were typed
+                rid = peer.decode_sync_request(data)[0]
+            new += node.on_datagram(peer.encode_sync_batches(rid, [])[-1], addr, 0.7)
+    sent = new
+    if not sent:
+        break
+assert r.unsynced_slots() == 0
+keys = [b"k%d" % i for i in range(20000)]
+tail = [k for k in keys if chain(k)[-1] == 0][:100]
+head = [k for k in keys if chain(k)[0] == 0][:100]
+middle = [k for k in keys if chain(k)[1] == 0][:100]
+outside = [k for k in keys if 0 not in chain(k)][:100]
+client = ("127.0.0.1", 5555)
+if kind == "get":
+    msgs = [(encode_request(b"g%015d" % i, Command.GET, tail[i % 100]), client) for i in range(ops)]
+elif kind == "put":
+    msgs = []
+    for i in range(ops):
+        mid = b"p%015d" % i
+        msgs.append((encode_request(mid, Command.PUT, head[i % 100], b"v" * 500), client))
+        msgs.append((peer.encode_ack(mid), servers[2]))
+elif kind == "forward":
+    msgs = [
+        (encode_request(b"f%015d" % i, Command.GET, outside[i % 100]), client) for i in range(ops)
+    ]
+else:
+    W = peer.Write
+    msgs = []
+    for i in range(ops):
+        k = middle[i % 100]
+        c = chain(k)
+        w = W(b"r%015d" % i, client, 0, k, b"v" * 500, 1, (i + 1) << 12 | c[0], (c[0],), c)
+        msgs.append((peer.encode_replicate(w), servers[c[0]]))
+        msgs.append((peer.encode_ack(b"r%015d" % i), servers[c[2]]))
+for data, src in msgs:
+    node.on_datagram(data, src, 1.0)
