@@ -49,8 +49,8 @@ def test_a_pull_no_sure_source_answered_holds_the_slot_from_where_the_copies_beg
     assert slots.pulled(1, 11.0) is True
     assert slots.phase(1) is Phase.HELD
     assert slots.floor(1, True, 12.0) == stamp_at(10.0)  # ours since we took it over
-    assert slots.holds_back(1, b"old", lambda key: stamp_at(9.0))
-    assert not slots.holds_back(1, b"new", lambda key: stamp_at(10.5))
+    assert slots.facts(1, b"old", lambda key: stamp_at(9.0)) == (False, False, True)
+    assert slots.facts(1, b"new", lambda key: stamp_at(10.5)) == (False, False, False)
     slots.mark({1}, now=20.0, due=20.5)  # pulled again: the hold stays until the pull ends
     assert slots.phase(1) is Phase.PULLING and slots.has_hold(1)
     slots.synced(1)
@@ -62,7 +62,7 @@ def test_a_fresh_pull_serves_reads_and_ends_whole_whatever_the_sources_said() ->
     slots = table()
     slots.mark({1}, now=0.0, due=0.5)
     slots.mark_fresh()
-    assert not slots.pulling_unsure(1)
+    assert slots.facts(1, b"k", lambda key: 0) == (True, False, False)  # pulling, not unsure
     slots.pull_sent(1, [4])
     assert slots.source_gone(1, 4)
     assert slots.pulled(1, 1.0) is False

@@ -149,11 +149,6 @@ class SlotTable:
         state = self._states.get(slot)
         return state is not None and state.pull is not None and state.pull.returning
 
-    def holds_back(self, slot: int, key: bytes, stamp_of: Callable[[bytes], int]) -> bool:
-        """Is the key older than the slot's hold (so not to be served)?"""
-        state = self._states.get(slot)
-        return state is not None and state.hold is not None and stamp_of(key) < state.hold
-
     def facts(
         self, slot: int, key: bytes, stamp_of: Callable[[bytes], int]
     ) -> tuple[bool, bool, bool]:
@@ -167,12 +162,6 @@ class SlotTable:
         if pull is None:
             return (False, False, held_back)
         return (True, not pull.fresh, held_back)
-
-    def pulling_unsure(self, slot: int) -> bool:
-        """Pulling the slot, and not as a fresh process (which missed nothing written
-        before it started): our copy of any key of it may be old."""
-        state = self._states.get(slot)
-        return state is not None and state.pull is not None and not state.pull.fresh
 
     def floor(self, slot: int, mine: bool, now: float) -> int:
         """The stamp from which on our copy of the slot has every write: 0 if it is whole.
