@@ -13,6 +13,9 @@
 # and the medians. A one-node "cluster" is addressed directly, as the protocol's
 # one-node deployments are; larger ones through random front ends. LOAD=bench
 # loads them with the project's own `ringkv bench` (of the new tree) instead.
+# OLD_FLAGS / NEW_FLAGS are extra options of `ringkv cluster up` for each side,
+# e.g. the cost of authentication on one tree:
+#      OLD_FLAGS=--insecure scripts/side_by_side.sh . . 40 16 3 8
 set -euo pipefail
 OLD=$(cd "$1" && pwd)
 NEW=$(cd "$2" && pwd)
@@ -27,11 +30,12 @@ KVLOAD=/tmp/kvload
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-measure() {  # tree label
-  local tree=$1 label=$2 dir="$WORK/$2"
+measure() {  # tree label flags
+  local tree=$1 label=$2 flags=$3 dir="$WORK/$2"
   mkdir -p "$dir"
+  # shellcheck disable=SC2086  # flags are words
   (cd "$dir" && PYTHONPATH="$tree" "$PY" -m ringkv cluster up --nodes "$NODES" \
-      --base-port 47001 --detach >/dev/null)
+      --base-port 47001 --detach $flags >/dev/null)
   sleep $((NODES > 10 ? 25 : 6))  # every node alive in every view
   if [ "${LOAD:-kvload}" = bench ]; then
     local target=(--servers "$dir/servers.txt" --random-front-end)
@@ -57,8 +61,8 @@ for name, key in [("throughput_req_s", "throughput"), ("latency_p50_ms", "p50_ms
 }
 
 for round in $(seq "$ROUNDS"); do
-  measure "$OLD" old | tee -a "$WORK/all.txt"
-  measure "$NEW" new | tee -a "$WORK/all.txt"
+  measure "$OLD" old "${OLD_FLAGS:-}" | tee -a "$WORK/all.txt"
+  measure "$NEW" new "${NEW_FLAGS:-}" | tee -a "$WORK/all.txt"
 done
 for label in old new; do
   grep "^$label " "$WORK/all.txt" | awk '{print $2}' | sort -n |

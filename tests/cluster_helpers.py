@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 
 from ringkv.client.client import AsyncClient, ClientTimeout
-from ringkv.runtime.cluster import LocalCluster, query_status
+from ringkv.runtime.cluster import LocalCluster
 from ringkv.wire.codec import Err
 
 
@@ -18,7 +18,7 @@ def wait_for_counts(cluster: LocalCluster, want: int, limit: float) -> float:
     live = set(cluster.alive_indexes())
     seen: dict[int, int] = {}
     while time.monotonic() - start < limit:
-        statuses = query_status(cluster.servers, only=live, timeout=0.5)
+        statuses = cluster.status(live, timeout=0.5)
         seen = {i: s["count"] for i, s in statuses.items()}
         if len(seen) == len(live) and all(c == want for c in seen.values()):
             return time.monotonic() - start

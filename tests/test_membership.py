@@ -32,6 +32,7 @@ from ringkv.wire.gossip import (
     ACK,
     ALIVE,
     DEAD,
+    MAX_INCARNATION,
     PING,
     PING_REQ,
     RUMOR,
@@ -321,11 +322,30 @@ def test_a_late_tick_short_of_a_pause_puts_the_node_in_doubt_until_a_view_comes(
     member = Membership(0, 5)
     member.on_tick(0.05)
     assert not member.in_doubt()
-    out = [decode(d) for d, _ in member.on_tick(0.65)]  # 0.6 s late: no pause
+    out = [(decode(d), to) for d, to in member.on_tick(0.65)]  # 0.6 s late: no pause
     assert member.pauses == 0 and member.in_doubt()
-    assert len([m for m in out if m.kind == SYNC]) >= member.config.sync_fanout
+    syncs = [(m.seq, to) for m, to in out if m.kind == SYNC]
+    assert len(syncs) >= member.config.sync_fanout
+    seq, asked = syncs[0]
     view = tuple(Entry(i, ALIVE, 0, i) for i in range(5))
-    member.on_message(encode(GossipMsg(SYNC_ACK, 2, 0, 1, 0, view)), 0.66)
+    member.on_message(encode(GossipMsg(SYNC_ACK, asked, 0, seq, 0, view)), 0.66)
+    assert not member.in_doubt()
+
+
+def test_only_the_answer_to_a_sync_it_sent_ends_a_nodes_doubt() -> None:
+    # A SYNC_ACK with another sequence number, or from a member not asked, may
+    # carry a view from before the pause (or be forged): the doubt stays.
+    member = Membership(0, 5)
+    member.on_tick(0.05)
+    out = [(decode(d), to) for d, to in member.on_tick(0.65)]
+    syncs = {to: m.seq for m, to in out if m.kind == SYNC}
+    not_asked = next(i for i in range(1, 5) if i not in syncs)
+    asked, seq = next(iter(syncs.items()))
+    view = tuple(Entry(i, ALIVE, 0, i) for i in range(5))
+    member.on_message(encode(GossipMsg(SYNC_ACK, asked, 0, seq + 100, 0, view)), 0.66)
+    member.on_message(encode(GossipMsg(SYNC_ACK, not_asked, 0, seq, 0, view)), 0.66)
+    assert member.in_doubt()
+    member.on_message(encode(GossipMsg(SYNC_ACK, asked, 0, seq, 0, view)), 0.67)
     assert not member.in_doubt()
 
 
@@ -333,10 +353,12 @@ def test_membership_reports_doubt_a_pause_a_suspicion_and_view_changes_as_events
     member = Membership(0, 5)
     member.on_tick(0.05)
     assert member.take_events() == []
-    member.on_tick(0.65)  # late, short of a pause
+    sync, to = next(
+        (m, to) for m, to in ((decode(d), to) for d, to in member.on_tick(0.65)) if m.kind == SYNC
+    )  # late, short of a pause: it asks for views
     assert member.take_events() == [DoubtChanged(True)]
     view = tuple(Entry(i, ALIVE, 0, i) for i in range(5))
-    member.on_message(encode(GossipMsg(SYNC_ACK, 2, 0, 1, 0, view)), 0.66)
+    member.on_message(encode(GossipMsg(SYNC_ACK, to, 0, sync.seq, 0, view)), 0.66)
     assert member.take_events() == [DoubtChanged(False)]
     member.on_tick(3.7)  # stopped for 3 s
     assert member.take_events() == [Paused(pytest.approx(3.04)), DoubtChanged(True)]
@@ -650,3 +672,11 @@ def test_datagrams_per_node_per_second_do_not_grow_with_cluster_size() -> None:
     print(f"\ndatagrams per node per second: {rates}")
     assert rates[40] <= rates[10] * 1.15
     assert rates[40] < 12
+
+
+def test_a_verdict_at_the_top_incarnation_is_ignored_since_nobody_could_refute_it() -> None:
+    member = Membership(0, 5)
+    member.on_tick(0.05)
+    verdict = (Entry(3, DEAD, MAX_INCARNATION, 1),)
+    member.on_message(encode(GossipMsg(PING, 1, 0, 9, 0, verdict)), 0.06)
+    assert member.state_of(3) == "alive"

@@ -36,7 +36,7 @@ def read(data: bytes) -> peer.PeerMessage:
 
 
 @given(
-    message_id=st.binary(min_size=1, max_size=255),
+    message_id=st.binary(min_size=1, max_size=2000),  # the protocol sets no limit
     key=keys,
     value=st.none() | st.binary(max_size=10_000),
     err=st.integers(0, 7),
@@ -54,13 +54,15 @@ def test_replicate_round_trips(
 
 
 def test_a_write_passed_on_is_sent_with_its_new_path_and_targets() -> None:
-    write = Write(b"M" * 16, ("h", 1), 0, b"key", b"v", 7, 99, (3,), (3, 9))
+    write = Write(b"M" * 16, ("10.9.0.1", 1), 0, b"key", b"v", 7, 99, (3,), (3, 9))
     back = read(peer.encode_replicate(write, (3, 9), (3, 9, 12)))
-    assert back == Write(b"M" * 16, ("h", 1), 0, b"key", b"v", 7, 99, (3, 9), (3, 9, 12))
+    assert back == Write(b"M" * 16, ("10.9.0.1", 1), 0, b"key", b"v", 7, 99, (3, 9), (3, 9, 12))
 
 
 def test_short_replicate_is_a_decode_error() -> None:
-    data = peer.encode_replicate(Write(b"R" * 16, ("h", 1), 0, b"k", b"v", 0, 5, (0, 1), (0, 1)))
+    data = peer.encode_replicate(
+        Write(b"R" * 16, ("10.9.0.1", 1), 0, b"k", b"v", 0, 5, (0, 1), (0, 1))
+    )
     with pytest.raises(PeerDecodeError):
         read(data[:30])
 
@@ -68,12 +70,12 @@ def test_short_replicate_is_a_decode_error() -> None:
 @pytest.mark.parametrize(
     "write",
     [
-        Write(b"R", ("h", 1), 0, b"k", b"v", 0, 5, (40,)),  # a node the cluster lacks
-        Write(b"R", ("h", 1), 0, b"k", b"v", 0, 5, (0,), (1, 999)),
-        Write(b"R", ("h", 1), 0, b"k", b"v", 0, 5, ()),  # applied by nobody
-        Write(b"R", ("h", 1), 0, b"k" * 33, b"v", 0, 5, (0,)),  # key over 32 bytes
-        Write(b"R", ("h", 1), 0, b"", b"v", 0, 5, (0,)),
-        Write(b"R", ("h", 1), 0, b"k", b"v" * 10_001, 0, 5, (0,)),
+        Write(b"R", ("10.9.0.1", 1), 0, b"k", b"v", 0, 5, (40,)),  # a node the cluster lacks
+        Write(b"R", ("10.9.0.1", 1), 0, b"k", b"v", 0, 5, (0,), (1, 999)),
+        Write(b"R", ("10.9.0.1", 1), 0, b"k", b"v", 0, 5, ()),  # applied by nobody
+        Write(b"R", ("10.9.0.1", 1), 0, b"k" * 33, b"v", 0, 5, (0,)),  # key over 32 bytes
+        Write(b"R", ("10.9.0.1", 1), 0, b"", b"v", 0, 5, (0,)),
+        Write(b"R", ("10.9.0.1", 1), 0, b"k", b"v" * 10_001, 0, 5, (0,)),
     ],
 )
 def test_a_replicate_no_node_would_send_is_refused(write: Write) -> None:
@@ -107,6 +109,27 @@ def test_a_forward_no_node_would_send_is_refused(datagram: bytes) -> None:
         read(peer.encode_forward(("10.1.2.3", 5555), datagram))
 
 
+OWN = ("10.0.0.1", 43100)  # a node of the cluster
+
+
+@pytest.mark.parametrize(
+    "client",
+    [
+        ("example.com", 5555),  # a name: looking it up would block the node's loop
+        ("10.1.2.3\x00", 5555),
+        ("10.1.2.3", 0),
+        OWN,  # the node would take its own reply for a request
+    ],
+)
+def test_a_client_that_is_no_address_or_a_cluster_node_is_refused(client: tuple[str, int]) -> None:
+    limits = LIMITS._replace(cluster=frozenset((OWN,)))
+    datagram = encode_request(b"I" * 16, Command.GET, b"k")
+    write = Write(b"I" * 16, client, 0, b"k", b"v", 0, 5, (0,))
+    for data in (peer.encode_forward(client, datagram), peer.encode_replicate(write)):
+        with pytest.raises(PeerDecodeError, match="client"):
+            peer.decode(data, limits)
+
+
 @given(st.integers(0, (1 << 32) - 1), nodes, stamps, st.lists(slots, max_size=300).map(tuple))
 def test_sync_request_round_trips(
     request_id: int, requester: int, since: int, wanted: tuple[int, ...]
@@ -137,7 +160,7 @@ def test_slot_lists_naming_unknown_nodes_or_slots_are_refused(data: bytes) -> No
 
 
 entries = st.lists(st.tuples(keys, st.none() | st.binary(max_size=10_000), int32, stamps))
-outcomes = st.lists(st.tuples(st.binary(min_size=1, max_size=255), st.integers(0, 7), slots))
+outcomes = st.lists(st.tuples(st.binary(min_size=1, max_size=2000), st.integers(0, 7), slots))
 
 
 @given(entries, outcomes)

@@ -24,10 +24,19 @@ from ringkv.core.storage import TOMBSTONE_TTL, Storage
 from ringkv.servers import gossip_addr
 from ringkv.sim.checker import check
 from ringkv.sim.clients import Batch, ClientGroup, Request, RetryPolicy, Values, run_batch
-from ringkv.sim.cluster import PAUSED, UP, SimConfig, Simulator, node_addr
+from ringkv.sim.cluster import (
+    CLIENT_NET,
+    PAUSED,
+    UP,
+    SimConfig,
+    Simulator,
+    client_addr,
+    node_addr,
+    node_index,
+)
 from ringkv.sim.history import GET, PUT, REMOVE, Op
 from ringkv.sim.scenarios import Model
-from ringkv.wire import Addr, peer
+from ringkv.wire import Addr, peer, seal
 from ringkv.wire.codec import (
     Command,
     Err,
@@ -46,8 +55,11 @@ PATIENT = RetryPolicy(timeout=0.25, tries=7)
 # ------------------------------------------------------------------ helpers
 
 
-def cluster(nodes: int, seed: int, start_down: tuple[int, ...] = ()) -> Simulator:
-    sim = Simulator(SimConfig(nodes, seed=seed, start_down=start_down))
+def cluster(
+    nodes: int, seed: int, start_down: tuple[int, ...] = (), sealed: bool = True
+) -> Simulator:
+    """A settled cluster; `sealed=False` lets a test forge what a member would send."""
+    sim = Simulator(SimConfig(nodes, seed=seed, start_down=start_down, sealed=sealed))
     settle(sim)
     return sim
 
@@ -114,13 +126,20 @@ def recover(sim: Simulator, index: int) -> None:
     (sim.resume if sim.state_of(index) == PAUSED else sim.restart)(index)
 
 
+def unsealed(data: bytes) -> bytes:
+    """What a sealed datagram carries (an observer's view: the tag is not checked)."""
+    return data[seal.HEAD_BYTES : -seal.TAG_BYTES] if seal.is_sealed(data) else data
+
+
 def is_peer(data: bytes, kind: int) -> bool:
     """Is this a peer datagram of this kind? (Interceptors look at bytes in flight.)"""
+    data = unsealed(data)
     return peer.is_peer(data) and data[2] == kind
 
 
 def decoded(data: bytes, nodes: int = 64) -> peer.PeerMessage | None:
     """A peer datagram's message (None for any other datagram)."""
+    data = unsealed(data)
     if not peer.is_peer(data):
         return None
     return peer.decode(data, peer.PeerLimits(nodes, 1 << 32))
@@ -157,7 +176,7 @@ class FailOnEmit:
         message = decoded(data)
         if isinstance(message, Write):
             return message.key == self.key
-        return dst[0].startswith("c")  # simulated clients are c1, c2, ...
+        return dst[0].startswith(CLIENT_NET)
 
     def _fail(self) -> None:
         self.sim.interceptors.remove(self)
@@ -167,9 +186,9 @@ class FailOnEmit:
 class Probe:
     """A client that picks its own message IDs and keeps every reply it gets."""
 
-    def __init__(self, sim: Simulator, name: str = "probe") -> None:
+    def __init__(self, sim: Simulator) -> None:
         self.sim = sim
-        self.addr: Addr = (name, 1)
+        self.addr: Addr = client_addr(sim.new_client_id())
         self.replies: dict[bytes, list[tuple[int, bytes]]] = {}
         sim.attach(self.addr, self._on_reply)
 
@@ -337,7 +356,7 @@ class PauseSourceMidTransfer:
             return False
         if self.source is None:
             self.source, self.at = src, self.sim.now
-            self.sim.after(0.0, self._pause, int(src[0][1:]))
+            self.sim.after(0.0, self._pause, node_index(src))
             return False
         if src == self.source and self.sim.now == self.at:
             self.lost += 1
@@ -400,12 +419,12 @@ def _kept_and_removed(sim: Simulator) -> tuple[bytes, bytes, bytes]:
 
 
 def test_older_replicate_never_overwrites_a_newer_copy() -> None:
-    sim = cluster(5, seed=5)
+    sim = cluster(5, seed=5, sealed=False)  # the test plays a member sending late
     live, kept_value, gone = _kept_and_removed(sim)
     for key, value in ((live, None), (gone, b"back from the dead")):
         older = _stamp(sim, key) - (1 << 12)  # one microsecond earlier, same head
         chain = chain_of(sim, key)
-        write = Write(b"O" * 16, ("probe", 1), Err.OK, key, value, 1, older, (chain[0],))
+        write = Write(b"O" * 16, ("10.9.0.2", 1), Err.OK, key, value, 1, older, (chain[0],))
         for member in chain[1:]:
             sim.inject(peer.encode_replicate(write), node_addr(chain[0]), node_addr(member))
     sim.run_for(2.0)
@@ -441,7 +460,7 @@ class Rewind:
 
 
 def test_older_transferred_copy_never_overwrites_a_newer_one() -> None:
-    sim = cluster(5, seed=9)
+    sim = cluster(5, seed=9, sealed=False)  # the test rewrites a member's transfer
     live, kept_value, gone = _kept_and_removed(sim)
     rewind = Rewind(sim, {live: _stamp(sim, live), gone: _stamp(sim, gone)})
     sim.interceptors.append(rewind)
@@ -509,7 +528,6 @@ def sync_data(data: bytes) -> SyncData:
 
 
 CONFIG = ReplicationConfig()
-SRC = ("peer", 1)
 
 
 def _lone_replication(index: int = 0, nodes: int = 4) -> Replication:
@@ -523,18 +541,21 @@ def _settled_replication(nodes: int = 6) -> Replication:
     return _lone_replication(0, nodes)
 
 
-def _pull_requests(sends: list[tuple[bytes, Addr]]) -> list[SyncRequest]:
-    return [m for data, _ in sends if isinstance(m := decoded(data), SyncRequest)]
+def _pull_requests(sends: list[tuple[bytes, Addr]]) -> list[tuple[SyncRequest, Addr]]:
+    """The pulls among `sends`, each with the source it asks."""
+    return [(m, to) for data, to in sends if isinstance(m := decoded(data), SyncRequest)]
 
 
-def _answer(node: Replication, requests: list[SyncRequest], now: float, floor: int = 0) -> None:
+def _answer(
+    node: Replication, requests: list[tuple[SyncRequest, Addr]], now: float, floor: int = 0
+) -> None:
     """Every source answers with no keys, sure of the slots (floor 0) or not; so do
     the sources of the pulls that the answers let through."""
     while requests:
-        request = requests.pop(0)
+        request, source = requests.pop(0)
         unsure = dict.fromkeys(request.slots, floor) if floor else {}
         done = SyncDone(request.request_id, 0, (), unsure, frozenset())
-        requests += _pull_requests(node.on_sync_done(done, SRC, now))
+        requests += _pull_requests(node.on_sync_done(done, source, now))
 
 
 def _hold(node: Replication, slot: int, at: float, floor: int = NO_FLOOR) -> None:
@@ -562,7 +583,8 @@ def test_a_paused_node_pulls_only_what_was_stamped_since_it_could_have_missed_it
     for key, stamp in keys.items():
         source.storage.apply(key, b"v", 1, stamp, 0.0)
     everything = tuple(range(source.view.ring.slots))
-    answer = source.on_sync_request(SyncRequest(9, 0, missed_since, everything), SRC, 100.0)
+    request = SyncRequest(9, 0, missed_since, everything)
+    answer = source.on_sync_request(request, source.servers[0], 100.0)
     sent = [entry for data, _ in answer[:-1] for entry in sync_data(data).entries]
     assert sorted(key for key, *_ in sent) == sorted(k for k, st in keys.items() if st == new)
 
@@ -583,7 +605,7 @@ def test_a_transfer_still_receiving_batches_is_not_asked_for_again() -> None:
     data, source = first[0]
     request_id = sync_request(data).request_id
     batch = sync_data(peer.encode_sync_batches(request_id, [(b"k", b"v", 1, 5)])[0])
-    node.on_sync_data(batch, SRC, 1.9)  # progress just before sync_retry runs out
+    node.on_sync_data(batch, source, 1.9)  # progress just before sync_retry runs out
     retried = _requested(node.on_tick(2.5), node.servers)
     assert retried  # the other pull, silent since 1.0, is asked for again ...
     assert node.servers.index(source) not in retried  # ... this one waits for the rest
@@ -609,7 +631,7 @@ def test_a_heads_hint_pulls_a_joined_slot_from_every_member_at_once() -> None:
     slot, chain = next((s, c) for s in sorted(view.mine - before) if (c := view.chain(s))[0] != 0)
     assert node.slots.pull_waits(slot)
     head = chain[0]
-    sends = node.on_handoff(Handoff(head, (slot,)), SRC, 1.01)
+    sends = node.on_handoff(Handoff(head, (slot,)), node.servers[head], 1.01)
     asked = _requested(sends, node.servers)
     assert {m for m, slots in asked.items() if slot in slots} == set(chain) - {0}
     assert node.slots.phase(slot) is Phase.PULLING and not node.slots.pull_waits(slot)
@@ -619,12 +641,12 @@ def test_a_hint_from_a_non_member_is_pulled_and_confirmed_as_before() -> None:
     node = _settled_replication()
     slot = min(node.view.mine)
     outsider = next(i for i in range(6) if i not in node.view.chain(slot))
-    sends = node.on_handoff(Handoff(outsider, (slot,)), SRC, 1.0)
-    request = _pull_requests(sends)
+    sends = node.on_handoff(Handoff(outsider, (slot,)), node.servers[outsider], 1.0)
+    [(request, source)] = _pull_requests(sends)
     assert _requested(sends, node.servers) == {outsider: {slot}}
     # Once its keys are here, the outsider is told so.
-    done = SyncDone(request[0].request_id, 0, (), {}, frozenset())
-    (confirm,) = node.on_sync_done(done, SRC, 1.1)
+    done = SyncDone(request.request_id, 0, (), {}, frozenset())
+    (confirm,) = node.on_sync_done(done, source, 1.1)
     assert decoded(confirm[0]) == SyncConfirm(0, (slot,))
     assert confirm[1] == node.servers[outsider]
 
@@ -684,9 +706,9 @@ def test_a_tail_in_doubt_hands_reads_to_its_predecessor() -> None:
     def get(message_id: bytes) -> list[Any]:
         data = encode_request(message_id, Command.GET, key, b"")
         kv = KVRequest(command=Command.GET, key=key)
-        return node.on_key_request(message_id, kv, data, ("client", 1), CONFIG.max_hops, 1.0)
+        return node.on_key_request(message_id, kv, data, ("10.2.200.1", 1), CONFIG.max_hops, 1.0)
 
-    assert [to for _, to in get(b"a")] == [("client", 1)]  # the tail serves it
+    assert [to for _, to in get(b"a")] == [("10.2.200.1", 1)]  # the tail serves it
     node.on_membership([DoubtChanged(True)], 1.0)
     assert [to for _, to in get(b"b")] == [node.servers[chain[-2]]]  # handed to its predecessor
 
@@ -735,7 +757,7 @@ def test_an_unsynced_member_next_to_the_tail_leads_a_put_but_no_remove() -> None
     node.slots.mark(
         {slot}, 1.0, due=5.0
     )  # pulling it: writes would go to the tail, which must not lead
-    client = ("client", 1)
+    client = ("10.2.200.1", 1)
 
     def request(message_id: bytes, command: int, value: bytes = b"") -> list[Any]:
         kv = KVRequest(command=command, key=key, value=value)
@@ -808,8 +830,8 @@ def test_a_chain_suspended_whole_is_held_not_read_as_absent(seed: int) -> None:
     assert all(full_node(sim, i).replication.held_slots() for i in stand_ins)
     assert probe.call(front, b"put-new", Command.PUT, new_key, b"new")[0] == Err.OK
     assert probe.call(front, b"get-new", Command.GET, new_key) == (Err.OK, b"new")
-    for n, node_index in enumerate(sim.nodes_in(UP)):
-        probe.send(node_index, b"get-old-%d" % n, Command.GET, old_key)
+    for n, index in enumerate(sim.nodes_in(UP)):
+        probe.send(index, b"get-old-%d" % n, Command.GET, old_key)
     sim.run_for(2.0)
     answers = [
         a for n in range(len(sim.nodes_in(UP))) for a in probe.replies.get(b"get-old-%d" % n, [])
@@ -827,7 +849,7 @@ def test_a_chain_suspended_whole_is_held_not_read_as_absent(seed: int) -> None:
 def _sync_done(node: Replication, requester: int, slot: int, now: float) -> Any:
     """(strangers, unsure, vouched) of the SYNC_DONE answering a pull of `slot`."""
     request = SyncRequest(1, requester, 0, (slot,))
-    done = decoded(node.on_sync_request(request, SRC, now)[-1][0])
+    done = decoded(node.on_sync_request(request, node.servers[requester], now)[-1][0])
     assert isinstance(done, SyncDone)
     return list(done.strangers), done.unsure, set(done.vouched)
 
@@ -919,7 +941,7 @@ def test_a_member_reading_for_the_tail_exposes_no_write_the_tail_lacks() -> None
     view = node.view
     slot = next(s for s in sorted(view.mine) if view.chain(s)[0] == 0)
     key = next(k for k in (b"k%d" % i for i in range(100_000)) if view.slot_of(k) == slot)
-    client = ("client", 1)
+    client = ("10.2.200.1", 1)
 
     def read(message_id: bytes) -> list[Any]:
         data = encode_request(message_id, Command.GET, key, b"")
@@ -1010,3 +1032,58 @@ def test_nodes_suspended_three_at_a_time_and_resumed_at_random_serve_nothing_old
                     wrong.append(f"{op.key!r} read {op.value!r} at {op.response:.2f}")
             sim.run_for(8.0)
     assert not wrong, f"seed {seed}: {len(wrong)} reads old or absent: {wrong[:5]}"
+
+
+# -- hostile input that a member's address or a lost key could send -------------------
+# (rows of the trust review; the cluster runs without a key so the test can forge)
+
+
+def test_a_replicate_stamped_beyond_any_clock_is_refused_and_the_key_stays_writable() -> None:
+    sim = cluster(5, seed=3, sealed=False)
+    key = b"pinned"
+    chain = chain_of(sim, key)
+    forged = Write(b"F" * 16, client_addr(99), Err.OK, key, b"forged", 1, (1 << 64) - 1, (0,))
+    for member in chain[1:]:
+        sim.inject(peer.encode_replicate(forged), node_addr(chain[0]), node_addr(member))
+    sim.run_for(1.0)
+    assert sum(full_node(sim, m).replication.stats.refused_stamps for m in chain[1:]) == 2
+    values = Values(16)
+    put = values.put(key)
+    assert run_ops(sim, [put], [chain[0]])[0].err == Err.OK
+    _assert_state(sim, key, put.value)
+
+
+def test_a_message_id_longer_than_255_bytes_travels_down_the_chain_and_in_transfers() -> None:
+    sim = cluster(5, seed=4)
+    probe = Probe(sim)
+    key = b"long-id"
+    chain = chain_of(sim, key)
+    long_id = b"L" * 300
+    assert probe.call(outsider(sim, chain), long_id, Command.PUT, key, b"v")[0] == Err.OK
+    assert probe.call(chain[0], b"I" * 400, Command.GET, key) == (Err.OK, b"v")
+    sim.crash(chain[1])  # its replacement pulls the slot: the outcome of long_id goes too
+    settle(sim)
+    assert probe.call(chain[0], long_id, Command.PUT, key, b"v")[0] == Err.OK
+
+
+def test_a_sync_done_from_another_node_than_the_pulls_source_is_ignored() -> None:
+    node = _lone_replication(0)
+    node.on_start(0.0)
+    [(request, source), *_] = _pull_requests(node.on_tick(1.0))
+    impostor = next(a for a in node.servers if a not in (source, node.servers[0]))
+    done = SyncDone(request.request_id, 0, (), {}, frozenset())
+    waiting = node.transfers_in_progress()
+    node.on_sync_done(done, impostor, 1.1)  # "no keys, all done": it would end the pull
+    assert node.transfers_in_progress() == waiting
+    node.on_sync_done(done, source, 1.2)
+    assert node.transfers_in_progress() < waiting
+
+
+def test_a_sync_confirm_or_handoff_from_another_address_than_its_senders_is_ignored() -> None:
+    node = _settled_replication()
+    slot = min(node.view.mine)
+    outsider = next(i for i in range(6) if i not in node.view.chain(slot))
+    wrong = node.servers[next(i for i in range(1, 6) if i != outsider)]
+    assert node.on_handoff(Handoff(outsider, (slot,)), wrong, 1.0) == []
+    assert node.on_sync_request(SyncRequest(1, outsider, 0, (slot,)), wrong, 1.0) == []
+    assert node.stats.refused_senders == 2

@@ -43,7 +43,7 @@ class _OrderNode:
         self.calls.append("datagram")
         return []
 
-    def on_gossip(self, data: bytes, now: float) -> list:
+    def on_gossip(self, data: bytes, src: object, now: float) -> list:
         self.calls.append("gossip")
         return []
 
@@ -164,3 +164,39 @@ def test_after_a_stop_queued_gossip_is_read_before_queued_requests(stopped: bool
     _drain_once(server)
     # Between ticks the event loop hands gossip over in its own time.
     assert node.calls == (["tick", "gossip", "datagram"] if stopped else ["datagram"])
+
+
+class _FaultyNode(_OrderNode):
+    """Raises on datagrams starting with b"bad" and on its first tick."""
+
+    def on_datagram(self, data: bytes, src: tuple[str, int], now: float, age: float = 0.0) -> list:
+        if data.startswith(b"bad"):
+            raise ValueError("a bug this datagram found")
+        return super().on_datagram(data, src, now, age)
+
+    def on_tick(self, now: float) -> Outbox:
+        if "tick" not in self.calls:
+            self.calls.append("tick")
+            raise ValueError("a bug this tick found")
+        return super().on_tick(now)
+
+
+def test_a_datagram_that_raises_drops_itself_only_and_a_tick_that_raises_rearms() -> None:
+    node = _FaultyNode()
+    server = NodeServer(node, ("127.0.0.1", 0), gossip=False)  # type: ignore[arg-type]
+    server._loop = asyncio.new_event_loop()
+    server._sock = open_udp_socket(("127.0.0.1", 0))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            for data in (b"good", b"bad", b"good"):
+                client.sendto(data, server._sock.getsockname())
+        time.sleep(0.05)
+        server._last_tick = server._tick_at = time.monotonic()
+        server._drain()
+        assert node.calls == ["datagram", "datagram"]
+        server._tick()  # raises inside: counted, and the next one is timed
+        assert server._timer is not None
+        assert server.faults == {"datagram": 1, "tick": 1}
+    finally:
+        server._sock.close()
+        server._loop.close()

@@ -16,11 +16,13 @@ from ringkv.sim import scenarios
 from ringkv.sim.checker import check
 from ringkv.sim.clients import ClientGroup, RandomMix, Request, Values, run_batch
 from ringkv.sim.cluster import (
+    CLIENT_NET,
     CRASHED,
     UP,
     MembershipOnly,
     SimConfig,
     Simulator,
+    client_addr,
     node_addr,
 )
 from ringkv.sim.history import GET
@@ -43,9 +45,9 @@ class Recorder:
         self.ages.append(age)
         if data == b"exit":
             self.exit_requested = True
-        return [(b"echo", src)] if src[0].startswith("c") else []  # answer clients only
+        return [(b"echo", src)] if src[0].startswith(CLIENT_NET) else []  # answer clients only
 
-    def on_gossip(self, data: bytes, now: float) -> list:
+    def on_gossip(self, data: bytes, src: object, now: float) -> list:
         self.log.append((self.index, "gossip", now))
         return []
 
@@ -85,7 +87,7 @@ def test_pause_queues_datagrams_and_resume_ticks_first_then_delivers() -> None:
     sim.run(0.2)
     sim.pause(1)
     for n in range(3):
-        sim.send(b"m%d" % n, ("c1", 1), node_addr(1))
+        sim.send(b"m%d" % n, client_addr(1), node_addr(1))
     sim.run(5.0)
     assert not [e for e in Recorder.log if e[0] == 1 and 0.2 < e[2] < 5.0]
     sim.resume(1)
@@ -99,7 +101,7 @@ def test_crash_drops_datagrams_and_restart_builds_a_new_node() -> None:
     old = sim.node(1)
     sim.crash(1)
     assert sim.state_of(1) == CRASHED and sim.node(1) is None
-    sim.send(b"lost", ("c1", 1), node_addr(1))
+    sim.send(b"lost", client_addr(1), node_addr(1))
     sim.run(1.0)
     assert not [e for e in Recorder.log if e[1] == "data lost"]
     sim.restart(1)
@@ -109,8 +111,8 @@ def test_crash_drops_datagrams_and_restart_builds_a_new_node() -> None:
 def test_exit_requested_is_a_crash_after_the_reply() -> None:
     sim = recorder_sim(1)
     replies: list[bytes] = []
-    sim.attach(("c1", 1), lambda data, src: replies.append(data))
-    sim.send(b"exit", ("c1", 1), node_addr(0))
+    sim.attach(client_addr(1), lambda data, src: replies.append(data))
+    sim.send(b"exit", client_addr(1), node_addr(0))
     sim.run(1.0)
     assert replies == [b"echo"]
     assert sim.state_of(0) == CRASHED
@@ -120,7 +122,7 @@ def test_partition_cuts_nodes_but_not_clients() -> None:
     sim = recorder_sim(3, delay_min=0.001, delay_max=0.001, tail_prob=0)
     sim.partition([2])
     sim.send(b"cut", node_addr(0), node_addr(2))
-    sim.send(b"client", ("c1", 1), node_addr(2))
+    sim.send(b"client", client_addr(1), node_addr(2))
     sim.send(b"same side", node_addr(0), node_addr(1))
     sim.run(1.0)
     seen = {(i, what) for i, what, _ in Recorder.log if what.startswith("data")}
@@ -136,7 +138,7 @@ def test_loss_and_duplication_follow_the_seed() -> None:
         net = NetworkConfig(loss=0.2, duplicate=0.1)
         sim = Simulator(SimConfig(2, seed=seed, network=net, node_factory=Recorder))
         for _ in range(2000):
-            sim.send(b"x", ("c1", 1), node_addr(0))
+            sim.send(b"x", client_addr(1), node_addr(0))
         stats = sim.network.stats
         return stats.lost, stats.duplicated, stats.delivered
 

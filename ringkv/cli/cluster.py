@@ -16,21 +16,25 @@ from rich.live import Live
 from rich.table import Table
 
 from ringkv.cli.options import (
+    cluster_key_option,
     json_option,
     memory_mb_option,
     nodes_option,
     raise_interrupt,
+    read_keyring,
     read_servers,
     replicas_option,
     servers_file_option,
 )
 from ringkv.runtime.cluster import (
+    KEY_FILE,
     LocalCluster,
     load_state,
     local_servers,
     query_status,
 )
 from ringkv.wire import Addr
+from ringkv.wire.seal import Keyring
 
 _STATE_NAMES = {"A": "alive", "S": "suspect", "D": "dead"}
 _STATE_STYLES = {"alive": "green", "suspect": "yellow", "dead": "red", "no answer": "red"}
@@ -48,6 +52,16 @@ _workdir_option = click.option(
 _servers_option = servers_file_option(
     "The cluster's server list.", default=Path("servers.txt"), show_default=True
 )
+_key_option = cluster_key_option(
+    f"The cluster's key file [default: DIR/{KEY_FILE} if there is one]."
+)
+
+
+def _keyring(key_file: Path | None, workdir: Path) -> Keyring | None:
+    """The key given, else the one `cluster up` made in the working folder, else none."""
+    if key_file is None and (workdir / KEY_FILE).exists():
+        key_file = workdir / KEY_FILE
+    return None if key_file is None else read_keyring(key_file)
 
 
 @cluster.command()
@@ -63,28 +77,34 @@ _servers_option = servers_file_option(
 @click.option(
     "--detach", is_flag=True, help="Start the nodes and return; stop with `cluster down`."
 )
+@click.option(
+    "--insecure", is_flag=True,
+    help=f"No cluster key: nodes believe any datagram. Without it DIR/{KEY_FILE} is made anew.",
+)  # fmt: skip
 @_servers_option
 @_workdir_option
 def up(
     nodes: int, host: str, base_port: int, distinct_hosts: bool, memory_mb: int, replicas: int,
-    detach: bool, servers_file: Path, workdir: Path,
+    detach: bool, insecure: bool, servers_file: Path, workdir: Path,
 ) -> None:  # fmt: skip
     """Start NODES node processes on this machine and show their status until Ctrl-C."""
     if load_state(workdir):
         raise click.UsageError(f"a cluster is already running from {workdir} (ringkv cluster down)")
     servers = local_servers(nodes, host, base_port, distinct_hosts)
     local = LocalCluster.create(
-        servers, workdir, servers_file, memory_mb=memory_mb, replicas=replicas
+        servers, workdir, servers_file, insecure, memory_mb=memory_mb, replicas=replicas
     )
     local.start()
     console = Console()
     console.print(f"started {nodes} nodes; server list in {servers_file}, logs in {workdir}/logs")
+    if local.key_file is not None:
+        console.print(f"cluster key in {local.key_file}")
     if detach:
         local.wait_ready()
         return
     signal.signal(signal.SIGTERM, raise_interrupt)
     try:
-        watch(servers, console, local)
+        watch(servers, console, local, local.keyring)
     except KeyboardInterrupt:
         pass
     finally:
@@ -94,18 +114,22 @@ def up(
 
 @cluster.command()
 @_servers_option
+@_key_option
+@_workdir_option
 @click.option("--watch", "keep_watching", is_flag=True, help="Refresh every second until Ctrl-C.")
-def status(servers_file: Path, keep_watching: bool) -> None:
+def status(servers_file: Path, key_file: Path | None, workdir: Path, keep_watching: bool) -> None:
     """The status table of a running cluster, once."""
     servers = read_servers(servers_file)
+    keyring = _keyring(key_file, workdir)
     console = Console()
     if keep_watching:
         try:
-            watch(servers, console, None)
+            watch(servers, console, None, keyring)
         except KeyboardInterrupt:
             pass
         return
-    console.print(status_table(servers, query_status(servers), {}, 1.0, set()))
+    statuses = query_status(servers, keyring=keyring)
+    console.print(status_table(servers, statuses, {}, 1.0, set()))
 
 
 @cluster.command()
@@ -161,9 +185,13 @@ def _signal_nodes(
 
 @cluster.command()
 @_servers_option
+@_key_option
+@_workdir_option
 @click.option("--duration", type=click.FloatRange(min=1), default=600, show_default=True)
 @json_option("Print the figures as one JSON object.")
-def soak(servers_file: Path, duration: float, as_json: bool) -> None:
+def soak(
+    servers_file: Path, key_file: Path | None, workdir: Path, duration: float, as_json: bool
+) -> None:
     """Watch a running cluster: false deaths, count stability, idle cost.
 
     Polls every node once a second for DURATION seconds and reports the
@@ -173,7 +201,8 @@ def soak(servers_file: Path, duration: float, as_json: bool) -> None:
     the CPU they used (% of one core, all nodes together).
     """
     servers = read_servers(servers_file)
-    report = soak_cluster(servers, duration, Console(stderr=True, quiet=as_json))
+    console = Console(stderr=True, quiet=as_json)
+    report = soak_cluster(servers, duration, console, _keyring(key_file, workdir))
     if as_json:
         click.echo(json.dumps(report))
         return
@@ -181,8 +210,10 @@ def soak(servers_file: Path, duration: float, as_json: bool) -> None:
         click.echo(f"{name:>28}: {value}")
 
 
-def soak_cluster(servers: list[Addr], duration: float, console: Console) -> dict[str, Any]:
-    first = query_status(servers, timeout=1.0)
+def soak_cluster(
+    servers: list[Addr], duration: float, console: Console, keyring: Keyring | None = None
+) -> dict[str, Any]:
+    first = query_status(servers, timeout=1.0, keyring=keyring)
     if len(first) < len(servers):
         raise click.ClickException(f"only {len(first)} of {len(servers)} nodes answer")
     procs = _local_processes(first)
@@ -193,7 +224,7 @@ def soak_cluster(servers: list[Addr], duration: float, console: Console) -> dict
     last = first
     while (elapsed := time.monotonic() - start) < duration:
         time.sleep(1.0)
-        statuses = query_status(servers, timeout=0.5)
+        statuses = query_status(servers, timeout=0.5, keyring=keyring)
         polls += 1
         counts = [s["count"] for s in statuses.values()]
         low = min([low, *counts]) if len(statuses) == len(servers) else 0
@@ -227,13 +258,15 @@ def _local_processes(statuses: dict[int, dict[str, Any]]) -> list[psutil.Process
     return procs
 
 
-def watch(servers: list[Addr], console: Console, local: LocalCluster | None) -> None:
+def watch(
+    servers: list[Addr], console: Console, local: LocalCluster | None, keyring: Keyring | None
+) -> None:
     """Refresh the status table every second."""
     previous: dict[int, dict[str, Any]] = {}
     last = time.monotonic()
     with Live(console=console, refresh_per_second=2, screen=False) as live:
         while True:
-            statuses = query_status(servers, timeout=0.5)
+            statuses = query_status(servers, timeout=0.5, keyring=keyring)
             now = time.monotonic()
             suspended = local.suspended if local else set()
             live.update(status_table(servers, statuses, previous, now - last, suspended))

@@ -14,11 +14,13 @@ import click
 
 from ringkv.cli.options import (
     client_options,
+    cluster_key_option,
     hex_option,
     json_option,
     listen_option,
     memory_mb_option,
     procs_option,
+    read_keyring,
     read_servers,
     replicas_option,
     server_option,
@@ -47,6 +49,14 @@ def main() -> None:
 )
 @memory_mb_option("Budget for stored bytes; PUTs beyond it get errCode 2.")
 @replicas_option("Replication factor (the same on every node of a cluster).")
+@cluster_key_option(
+    "The cluster's key file (`ringkv keygen`): node-to-node traffic is sealed with it. "
+    "Read again on SIGHUP, for key rotation."
+)
+@click.option(
+    "--insecure", is_flag=True,
+    help="Run a multi-node cluster without a cluster key: any datagram from anyone is believed.",
+)  # fmt: skip
 @click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -54,8 +64,9 @@ def main() -> None:
     show_default=True,
 )
 def node(
-    listen: Addr, servers_file: Path | None, memory_mb: int, replicas: int, log_level: str
-) -> None:
+    listen: Addr, servers_file: Path | None, memory_mb: int, replicas: int,
+    key_file: Path | None, insecure: bool, log_level: str,
+) -> None:  # fmt: skip
     """Run one node of a cluster."""
     from ringkv.core.node import Node, NodeConfig
     from ringkv.runtime.server import serve
@@ -72,6 +83,13 @@ def node(
             raise click.UsageError(
                 f"--listen {listen[0]}:{listen[1]} is not a line of {servers_file}"
             )
+    if key_file is not None and insecure:
+        raise click.UsageError("give --cluster-key or --insecure, not both")
+    if key_file is None and len(servers) > 1 and not insecure:
+        raise click.UsageError(
+            "a node of a multi-node cluster needs --cluster-key FILE (make one with "
+            "`ringkv keygen FILE`), or --insecure to believe any datagram from anyone"
+        )
     config = NodeConfig(
         servers=tuple(servers),
         self_index=servers.index(listen),
@@ -79,8 +97,25 @@ def node(
         memory_budget=memory_mb << 20,
         replicas=replicas,
         clock_offset=time.time() - time.monotonic(),
+        keyring=None if key_file is None else read_keyring(key_file),
+        boot=time.time_ns() // 1000,
     )
-    serve(Node(config), listen, gossip=len(servers) > 1)
+    serve(Node(config), listen, gossip=len(servers) > 1, key_file=key_file)
+
+
+@main.command()
+@click.argument("key_file", type=click.Path(dir_okay=False, path_type=Path))
+def keygen(key_file: Path) -> None:
+    """Make a new cluster key file (mode 0600) for `--cluster-key`."""
+    from ringkv.wire.seal import Keyring, KeyringError, save_keyring
+
+    try:
+        save_keyring(key_file, Keyring.generate(), replace=False)
+    except KeyringError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise click.UsageError(f"cannot write {key_file}: {exc.strerror}") from None
+    click.echo(f"wrote a new cluster key to {key_file}")
 
 
 # -- client commands ---------------------------------------------------------------

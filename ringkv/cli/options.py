@@ -14,6 +14,7 @@ import click
 
 from ringkv.servers import ServerListError, load_servers, parse_addr
 from ringkv.wire import Addr
+from ringkv.wire.seal import Keyring, KeyringError, load_keyring
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -41,6 +42,22 @@ def read_servers(path: str | Path) -> list[Addr]:
         return load_servers(path)
     except ServerListError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def read_keyring(path: str | Path) -> Keyring:
+    """The cluster keyring in `path`; a bad or missing file is a usage error."""
+    try:
+        return load_keyring(path)
+    except KeyringError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def cluster_key_option(help: str, **extra: Any) -> Callable[[F], F]:
+    path = click.Path(dir_okay=False, path_type=Path)
+    return click.option(
+        "--cluster-key", "key_file", type=path, envvar="RINGKV_CLUSTER_KEY", show_envvar=True,
+        help=help, **extra,
+    )  # fmt: skip
 
 
 def raise_interrupt(signum: int, frame: object) -> None:

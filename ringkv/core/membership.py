@@ -84,6 +84,7 @@ from ringkv.wire.gossip import (
 )
 
 Send = tuple[bytes, int]  # (datagram, destination node index)
+_MAX_SYNCS_ASKED = 64  # SYNCs awaiting their SYNC_ACK, remembered by sequence number
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +250,7 @@ class Membership:
         self._dead_cursor = self_index
         self._seq = 0
         self._resync = False
+        self._syncs_asked: dict[int, int] = {}  # sequence number of a SYNC sent -> to whom
         self._started = False
         self._late_noted_until = -math.inf  # one health point per period of lateness
         self._skip_to = -math.inf  # see skip_until
@@ -292,12 +294,16 @@ class Membership:
 
     # ----- inputs --------------------------------------------------------
 
-    def on_message(self, data: bytes, now: float) -> list[Send]:
+    def on_message(self, data: bytes, now: float, sender: int | None = None) -> list[Send]:
+        """A gossip datagram; `sender`, if known (authenticated), must be the one it names."""
         try:
             msg = decode(data)
         except GossipDecodeError:
             return []
-        sender, me = msg.sender, self.index
+        me = self.index
+        if sender is not None and msg.sender != sender:
+            return []
+        sender = msg.sender
         if not 0 <= sender < self.n_nodes or sender == me:
             return []
         out = self._advance(now)
@@ -431,6 +437,7 @@ class Membership:
         if not self._resync:
             self._resync = True
             self._events.append(DoubtChanged(True))
+            self._syncs_asked.clear()  # views from before this are no answer now
             self._send_sync(out, self.config.sync_fanout)
         return out
 
@@ -449,6 +456,7 @@ class Membership:
         if not self._resync:
             self._resync = True
             self._events.append(DoubtChanged(True))
+        self._syncs_asked.clear()  # views from before this are no answer now
         out: list[Send] = []
         self._send_sync(out, self.config.sync_fanout)
         return out
@@ -457,7 +465,8 @@ class Membership:
 
     def _merge(self, entry: Entry) -> None:
         node, state, inc, origin = entry
-        if not 0 <= node < self.n_nodes:
+        # At the top incarnation a node could not refute a suspicion: nobody sends it.
+        if not 0 <= node < self.n_nodes or inc >= MAX_INCARNATION:
             return
         if node == self.index:
             self._about_me(state, inc)
@@ -538,9 +547,12 @@ class Membership:
                 self._probe.nacks += 1
         elif kind == SYNC:
             out.append(self._msg(SYNC_ACK, msg.sender, msg.seq, full=True))
-        elif kind == SYNC_ACK and self._resync:
-            self._resync = False
-            self._events.append(DoubtChanged(False))
+        elif kind == SYNC_ACK and self._syncs_asked.get(msg.seq) == msg.sender:
+            # Only an answer to a SYNC we sent ends doubt: its view is from after the pause.
+            self._syncs_asked.clear()
+            if self._resync:
+                self._resync = False
+                self._events.append(DoubtChanged(False))
 
     def _on_ack(self, seq: int, out: list[Send]) -> None:
         probe = self._probe
@@ -660,8 +672,13 @@ class Membership:
             self._send_sync(out, 1)
 
     def _send_sync(self, out: list[Send], fanout: int) -> None:
+        asked = self._syncs_asked
         for peer in self._pick(fanout, self.index):
-            out.append(self._msg(SYNC, peer, self._next_seq(), full=True))
+            seq = self._next_seq()
+            asked[seq] = peer
+            if len(asked) > _MAX_SYNCS_ASKED:
+                del asked[next(iter(asked))]
+            out.append(self._msg(SYNC, peer, seq, full=True))
 
     # ----- helpers ---------------------------------------------------------
 

@@ -17,7 +17,7 @@ from ringkv.core.replies import DEFAULT_RETENTION, ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import Storage
 from ringkv.servers import gossip_addr
-from ringkv.wire import Addr, Send, peer
+from ringkv.wire import Addr, Send, peer, seal
 from ringkv.wire.codec import (
     MAX_KEY,
     MAX_VALUE,
@@ -30,6 +30,7 @@ from ringkv.wire.codec import (
     encode_response,
 )
 from ringkv.wire.peer import Forward, PeerDecodeError, PeerLimits, StatusRequest
+from ringkv.wire.seal import OPERATOR, Channel, Keyring, Refused, Sealer
 
 _PUT, _GET, _REMOVE = Command.PUT, Command.GET, Command.REMOVE
 _KEY_COMMANDS = frozenset((_PUT, _GET, _REMOVE))
@@ -53,6 +54,10 @@ class NodeConfig:
     clock_offset: float = 0.0  # wall clock minus `now`, for write stamps
     seed: int | None = None  # for this node's random choices; None: its index
     ring: Ring | None = None  # share one ring among many nodes in one process (simulator)
+    # The cluster key: node-to-node datagrams are sealed and opened with it (see
+    # wire.seal); None runs without authentication (one node, or --insecure).
+    keyring: Keyring | None = None
+    boot: int = 0  # this process's start, larger than any earlier life's (replay windows)
 
 
 @dataclass
@@ -70,6 +75,7 @@ class NodeStats:
     dropped: int = 0
     stale: int = 0
     gossip_sent: int = 0
+    unauthenticated: int = 0  # peer or gossip datagrams refused: not sealed, forged, replayed
 
 
 class Node:
@@ -94,12 +100,17 @@ class Node:
             else None
         )
         self._gossip_addrs = [gossip_addr(addr) for addr in config.servers]
+        self._index_of = {addr: i for i, addr in enumerate(config.servers)}
+        self._sealer = (
+            None if config.keyring is None else Sealer(config.keyring, self.index, config.boot)
+        )
         alive = frozenset((self.index,)) if self.membership is None else self.membership.healthy()
         self.replication = Replication(
             self.index, config.servers, self.ring, config.replicas, self.storage, self.replies,
             config.clock_offset, alive, config.replication,
         )  # fmt: skip
-        self._limits = PeerLimits(n_nodes, ring.slots)
+        cluster = frozenset((*config.servers, *self._gossip_addrs))
+        self._limits = PeerLimits(n_nodes, ring.slots, cluster)
         self._peer_handlers = self._handlers_by_type()
         self.replication.on_start(now)
 
@@ -113,8 +124,22 @@ class Node:
         this process was stopped) is dropped: executing it now could overwrite
         writes acknowledged since, or run again once its reply was forgotten.
         """
+        if self._sealer is not None:
+            return self._seal(self._on_datagram(data, src, now, age))
         if peer.is_peer(data):
             return self._on_peer(data, src, now, age)
+        return self._on_client(data, src, now, age)
+
+    def _on_datagram(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
+        """on_datagram of a node with a cluster key: peer datagrams only sealed."""
+        if seal.is_sealed(data):
+            return self._on_sealed(data, src, now, age)
+        if peer.is_peer(data):
+            self.stats.unauthenticated += 1
+            return []
+        return self._on_client(data, src, now, age)
+
+    def _on_client(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
         if age > STALE_REQUEST_AGE:
             self.stats.stale += 1
             return []
@@ -127,11 +152,17 @@ class Node:
         self.stats.requests += 1
         return self._on_request(message_id, request, data, src, now)
 
-    def on_gossip(self, data: bytes, now: float) -> list[Send]:
+    def on_gossip(self, data: bytes, src: Addr, now: float) -> list[Send]:
         """A datagram on the gossip port (membership)."""
         if self.membership is None:
             return []
-        sends = self._to_gossip(self.membership.on_message(data, now))
+        sender = None
+        if self._sealer is not None:
+            opened = self._open(data, src, Channel.GOSSIP)
+            if opened is None:
+                return []
+            sender, data = opened
+        sends = self._to_gossip(self.membership.on_message(data, now, sender))
         self._pending_data.extend(self._follow_membership(now))
         return sends
 
@@ -148,6 +179,8 @@ class Node:
         if self._pending_data:
             outbox.data.extend(self._pending_data)
             self._pending_data = []
+        if self._sealer is not None:
+            outbox.data = self._seal(outbox.data)
         return outbox
 
     def next_due(self, now: float) -> float:
@@ -174,7 +207,68 @@ class Node:
     def _to_gossip(self, sends: list[tuple[bytes, int]]) -> list[Send]:
         self.stats.gossip_sent += len(sends)
         addrs = self._gossip_addrs
+        if self._sealer is not None:
+            close, gossip = self._sealer.seal, Channel.GOSSIP
+            return [(close(data, index, gossip), addrs[index]) for data, index in sends]
         return [(data, addrs[index]) for data, index in sends]
+
+    # -- the cluster key --------------------------------------------------------
+
+    def set_keyring(self, keyring: Keyring) -> None:
+        """Seal with a new keyring's first key and open with any of its keys (rotation)."""
+        if self._sealer is None:
+            raise ValueError("a node started without a cluster key cannot take one")
+        self._sealer.set_keyring(keyring)
+
+    def _open(self, data: bytes, src: Addr, channel: Channel) -> tuple[int, bytes] | None:
+        """(sender, payload) of a sealed datagram from the node it names, else None."""
+        assert self._sealer is not None
+        opened = self._sealer.open(data, channel)
+        if isinstance(opened, Refused):
+            self.stats.unauthenticated += 1
+            return None
+        sender, payload = opened
+        own = self._gossip_addrs if channel == Channel.GOSSIP else self.config.servers
+        if sender == OPERATOR and channel == Channel.DATA:
+            return opened
+        if sender >= len(own) or own[sender] != src:
+            self.stats.unauthenticated += 1  # the key's holder, but not from its address
+            return None
+        return sender, payload
+
+    def _on_sealed(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
+        opened = self._open(data, src, Channel.DATA)
+        if opened is None:
+            return []
+        sender, payload = opened
+        if sender != OPERATOR:
+            return self._on_peer(payload, src, now, age)
+        # Tools outside the server list may only ask for a node's status.
+        try:
+            message = peer.decode(payload, self._limits)
+        except PeerDecodeError:
+            self.stats.dropped += 1
+            return []
+        if type(message) is not StatusRequest:
+            self.stats.unauthenticated += 1
+            return []
+        assert self._sealer is not None
+        reply = self._sealer.seal(self._status_reply(message, now), OPERATOR, Channel.REPLY)
+        return [(reply, src)]
+
+    def _seal(self, sends: list[Send]) -> list[Send]:
+        """Seal what goes to a member; replies to clients (and tools) go as they are."""
+        if not sends:
+            return sends
+        assert self._sealer is not None
+        close, index_of, data = self._sealer.seal, self._index_of, Channel.DATA
+        sealed: list[Send] = []
+        for payload, dest in sends:
+            index = index_of.get(dest)
+            if index is not None and peer.is_peer(payload):
+                payload = close(payload, index, data)
+            sealed.append((payload, dest))
+        return sealed
 
     def check_invariants(self) -> None:
         """Raise if replication's slot states break a rule (the simulator asks after
@@ -215,6 +309,7 @@ class Node:
             "dropped": self.stats.dropped,
             "stale": self.stats.stale,
             "gossip_sent": self.stats.gossip_sent,
+            "unauthenticated": self.stats.unauthenticated,
         }
 
     # -- requests -----------------------------------------------------------
@@ -258,7 +353,10 @@ class Node:
         )  # fmt: skip
 
     def _on_status_request(self, request: StatusRequest, src: Addr, now: float) -> list[Send]:
-        return [(peer.encode_status_reply(request.token, self.status(now)), src)]
+        return [(self._status_reply(request, now), src)]
+
+    def _status_reply(self, request: StatusRequest, now: float) -> bytes:
+        return peer.encode_status_reply(request.token, self.status(now))
 
     def _admin(self, message_id: bytes, command: int, src: Addr, now: float) -> list[Send]:
         """Commands answered by the node that received them."""

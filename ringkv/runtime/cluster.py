@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ringkv.wire import Addr, peer
+from ringkv.wire.seal import OPERATOR, Channel, Keyring, Sealer, load_keyring, save_keyring
 
 STATE_FILE = "cluster.json"
+KEY_FILE = "cluster.key"
 
 
 def local_servers(nodes: int, host: str, base_port: int, distinct_hosts: bool) -> list[Addr]:
@@ -44,17 +46,39 @@ class LocalCluster:
     memory_mb: int = 512
     replicas: int = 3
     log_level: str = "info"
+    key_file: Path | None = None  # None: the nodes run --insecure
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     suspended: set[int] = field(default_factory=set)
 
     @classmethod
     def create(
-        cls, servers: list[Addr], workdir: Path, servers_file: Path | None = None, **options: Any
+        cls,
+        servers: list[Addr],
+        workdir: Path,
+        servers_file: Path | None = None,
+        insecure: bool = False,
+        **options: Any,
     ) -> LocalCluster:
+        """Write the server list and, unless insecure, a new cluster key in `workdir`."""
         workdir.mkdir(parents=True, exist_ok=True)
         servers_file = servers_file or workdir / "servers.txt"
         servers_file.write_text(format_servers(servers))
-        return cls(servers=servers, workdir=workdir, servers_file=servers_file, **options)
+        key_file = None
+        if not insecure:
+            key_file = workdir / KEY_FILE
+            save_keyring(key_file, Keyring.generate())
+        return cls(
+            servers=servers, workdir=workdir, servers_file=servers_file, key_file=key_file,
+            **options,
+        )  # fmt: skip
+
+    @property
+    def keyring(self) -> Keyring | None:
+        return None if self.key_file is None else load_keyring(self.key_file)
+
+    def status(self, only: set[int] | None = None, timeout: float = 0.5) -> dict[int, Any]:
+        """query_status of this cluster's nodes, with its key."""
+        return query_status(self.servers, only, timeout, self.keyring)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -75,6 +99,10 @@ class LocalCluster:
             "--replicas", str(self.replicas),
             "--log-level", self.log_level,
         ]  # fmt: skip
+        if self.key_file is not None:
+            command += ["--cluster-key", str(self.key_file)]
+        elif len(self.servers) > 1:
+            command.append("--insecure")
         with open(logs / f"node-{index}.log", "ab") as log:
             self.procs[index] = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -92,7 +120,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         wanted = {i for i in self.procs if i not in self.suspended}
         while True:
-            statuses = query_status(self.servers, only=wanted, timeout=0.3)
+            statuses = self.status(wanted, timeout=0.3)
             ready = {
                 i for i, s in statuses.items()
                 if not s.get("unsynced_slots") and not s.get("held_slots")
@@ -154,6 +182,7 @@ class LocalCluster:
     def save_state(self) -> None:
         state = {
             "servers_file": str(self.servers_file.resolve()),
+            "key_file": None if self.key_file is None else str(self.key_file.resolve()),
             "pids": {str(i): p.pid for i, p in self.procs.items()},
             "suspended": sorted(self.suspended),
         }
@@ -176,17 +205,25 @@ def load_state(workdir: Path) -> dict[str, Any] | None:
 
 
 def query_status(
-    servers: list[Addr], only: set[int] | None = None, timeout: float = 0.5
+    servers: list[Addr],
+    only: set[int] | None = None,
+    timeout: float = 0.5,
+    keyring: Keyring | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Ask nodes for their STATUS; returns what answered within the time-out, by index."""
+    """Ask nodes for their STATUS; returns what answered within the time-out, by index.
+
+    A cluster with a key answers only requests sealed with it (as the operator).
+    """
     wanted = set(range(len(servers))) if only is None else set(only)
     token = os.urandom(8)
     request = peer.encode_status_request(token)
+    sealer = None if keyring is None else Sealer(keyring, OPERATOR, time.time_ns() // 1000)
     found: dict[int, dict[str, Any]] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("0.0.0.0", 0))
         for index in wanted:
-            sock.sendto(request, servers[index])
+            sealed = request if sealer is None else sealer.seal(request, index, Channel.DATA)
+            sock.sendto(sealed, servers[index])
         deadline = time.monotonic() + timeout
         while len(found) < len(wanted):
             remaining = deadline - time.monotonic()
@@ -197,6 +234,11 @@ def query_status(
                 data, _ = sock.recvfrom(65536)
             except (TimeoutError, ConnectionRefusedError):
                 continue
+            if sealer is not None:
+                opened = sealer.open_reply(data)
+                if opened is None:
+                    continue
+                data = opened
             try:
                 got_token, status = peer.decode_status_reply(data)
             except peer.PeerDecodeError:

@@ -19,10 +19,12 @@ import socket
 import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from ringkv.core.node import TICK_INTERVAL, Node
 from ringkv.servers import gossip_addr
 from ringkv.wire import Addr, Send
+from ringkv.wire.seal import KeyringError, load_keyring
 
 log = logging.getLogger("ringkv.node")
 
@@ -90,14 +92,19 @@ class _Endpoint(asyncio.DatagramProtocol):
 class NodeServer:
     """Drives a Node from real sockets and the monotonic clock."""
 
-    def __init__(self, node: Node, listen: Addr, gossip: bool) -> None:
+    def __init__(
+        self, node: Node, listen: Addr, gossip: bool, key_file: Path | None = None
+    ) -> None:
         self.node = node
+        self.key_file = key_file  # read again on SIGHUP: key rotation
         self.listen = listen
         self.gossip_enabled = gossip
         self._sock: socket.socket
         self._gossip: asyncio.DatagramTransport | None = None
         self._gossip_sock: socket.socket | None = None  # read directly after a stop
         self.send_drops = 0
+        self.faults: dict[str, int] = {}  # handlers that raised, by what they handled
+        self._fault_logged = -math.inf
         self._stopped = asyncio.Event()
         self._last_tick = time.monotonic()  # the last tick made (the grid's origin)
         self._tick_at = self._last_tick  # the next tick, on the grid
@@ -116,6 +123,8 @@ class NodeServer:
             )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
+        if self.key_file is not None:
+            loop.add_signal_handler(signal.SIGHUP, self._reload_key)
         self._tick_at = time.monotonic()
         self._timer = loop.call_soon(self._tick)
         log.info("listening on %s:%d (pid %d)", *self.listen, os.getpid())
@@ -152,9 +161,24 @@ class NodeServer:
             if ancillary:
                 seconds, nanos = _TIMESPEC.unpack_from(ancillary[0][2])
                 age = time.time() - (seconds + nanos * 1e-9)
-            self._send(on_datagram(data, addr, time.monotonic(), age))
+            try:
+                sends = on_datagram(data, addr, time.monotonic(), age)
+            except Exception:
+                self._contain("datagram", data)  # that datagram only: the batch goes on
+                continue
+            self._send(sends)
             if self.node.exit_requested:
                 self._exit_now()
+
+    def _contain(self, kind: str, data: bytes | None = None) -> None:
+        """A bug met while handling one datagram or tick: count it, log it (at most
+        once a second), and go on; nothing one datagram does stops the node's loop."""
+        self.faults[kind] = self.faults.get(kind, 0) + 1
+        now = time.monotonic()
+        if now - self._fault_logged >= 1.0:
+            self._fault_logged = now
+            head = "" if data is None else f" ({len(data)} bytes, starting {data[:16].hex()})"
+            log.exception("%s%s raised; dropped (faults so far: %s)", kind, head, self.faults)
 
     def _send(self, sends: list[Send]) -> None:
         sendto = self._sock.sendto
@@ -168,7 +192,11 @@ class NodeServer:
 
     def _on_gossip(self, data: bytes, addr: Addr) -> None:
         now = time.monotonic()
-        sends = self.node.on_gossip(data, now)
+        try:
+            sends = self.node.on_gossip(data, addr, now)
+        except Exception:
+            self._contain("gossip", data)
+            return
         if sends:
             self._send_gossip(sends)
         self._arm(now)  # e.g. an ACK: the probe's PING_REQ deadline is off
@@ -182,7 +210,7 @@ class NodeServer:
     def _tick(self) -> None:
         self._timer = None
         self._run_tick()
-        self._arm(self._last_tick)
+        self._arm(self._last_tick)  # also after a tick that raised
 
     def _arm(self, now: float) -> None:
         """Time the next tick: the first grid point at or after the node's next deadline."""
@@ -202,7 +230,11 @@ class NodeServer:
     def _run_tick(self) -> None:
         self._last_tick = now = time.monotonic()
         stopped = now - self._tick_at > OVERDUE_TICK - TICK_INTERVAL
-        outbox = self.node.on_tick(now)
+        try:
+            outbox = self.node.on_tick(now)
+        except Exception:
+            self._contain("tick")
+            return
         if outbox.data:
             self._send(outbox.data)
         if outbox.gossip:
@@ -228,6 +260,16 @@ class NodeServer:
             except OSError:
                 continue
             self._on_gossip(data, addr)
+
+    def _reload_key(self) -> None:
+        assert self.key_file is not None
+        try:
+            keyring = load_keyring(self.key_file)
+        except KeyringError as exc:
+            log.error("SIGHUP: keeping the current cluster key: %s", exc)
+            return
+        self.node.set_keyring(keyring)
+        log.info("SIGHUP: cluster keyring of %d keys from %s", len(keyring.keys), self.key_file)
 
     def _exit_now(self) -> None:
         # SHUTDOWN behaves like a crash: no hand-off. The reply is already
@@ -262,10 +304,11 @@ def tick_after(
     return last + steps * interval
 
 
-def serve(node: Node, listen: Addr, gossip: bool) -> None:
+def serve(node: Node, listen: Addr, gossip: bool, key_file: Path | None = None) -> None:
+    server = NodeServer(node, listen, gossip, key_file)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a pinned dependency
-        asyncio.run(NodeServer(node, listen, gossip).run())
+        asyncio.run(server.run())
         return
-    uvloop.run(NodeServer(node, listen, gossip).run())
+    uvloop.run(server.run())

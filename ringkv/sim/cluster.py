@@ -36,6 +36,7 @@ from ringkv.servers import gossip_addr
 from ringkv.sim.history import History
 from ringkv.sim.network import Network, NetworkConfig
 from ringkv.wire import Addr
+from ringkv.wire.seal import KEY_BYTES, Keyring
 
 Handler = Callable[[bytes, Addr], None]
 # Sees every datagram before the network does; True takes it (tests drop or hold it).
@@ -53,11 +54,21 @@ _TICK, _DELIVER, _CALL = 0, 1, 2
 
 
 def node_addr(index: int) -> Addr:
-    return (f"n{index}", 1)
+    """Node i of the simulated cluster: 10.1.x.y, port 1 (IP literals, as deployed)."""
+    return (f"10.1.{index >> 8 & 255}.{index & 255}", 1)
+
+
+def node_index(addr: Addr) -> int:
+    """The index of the simulated node at `addr` (the inverse of node_addr)."""
+    *_, high, low = addr[0].split(".")
+    return int(high) << 8 | int(low)
+
+
+CLIENT_NET = "10.2."  # simulated clients' addresses start with this
 
 
 def client_addr(client: int) -> Addr:
-    return (f"c{client}", 1)
+    return (f"{CLIENT_NET}{client >> 8 & 255}.{client & 255}", 1 + (client >> 16))
 
 
 class SimNode(Protocol):
@@ -68,7 +79,7 @@ class SimNode(Protocol):
     def on_datagram(
         self, data: bytes, src: Addr, now: float, age: float = 0.0
     ) -> list[tuple[bytes, Addr]]: ...
-    def on_gossip(self, data: bytes, now: float) -> list[tuple[bytes, Addr]]: ...
+    def on_gossip(self, data: bytes, src: Addr, now: float) -> list[tuple[bytes, Addr]]: ...
     def on_tick(self, now: float) -> Outbox: ...
     def membership_count(self) -> int: ...
     def check_invariants(self) -> None: ...
@@ -97,6 +108,8 @@ class SimConfig:
     # Check each node's invariants after every datagram and tick it handles; a
     # broken one fails the run like any exception, at the step that broke it.
     check_invariants: bool = True
+    # Nodes seal their datagrams with a cluster key (from the seed), as deployed.
+    sealed: bool = True
 
 
 @dataclass
@@ -204,6 +217,7 @@ class Simulator:
         self._tick_rng = self.rng("ticks")
         skew_rng = self.rng("clocks")
         self._clock_offsets = [skew_rng.uniform(-1, 1) * config.clock_skew for _ in self._slots]
+        self.keyring = Keyring((self.rng("key").randbytes(KEY_BYTES),)) if config.sealed else None
         # Called as (index, node) right after a node goes down (paused, crashed,
         # cut off), while a crashed node's object is still at hand.
         self.down_hooks: list[Callable[[int, SimNode], None]] = []
@@ -338,7 +352,7 @@ class Simulator:
         node = slot.node
         assert node is not None
         if to_gossip:
-            self._emit(slot, node.on_gossip(data, self.now), gossip=True)
+            self._emit(slot, node.on_gossip(data, src, self.now), gossip=True)
         else:
             self._emit(slot, node.on_datagram(data, src, self.now, age), gossip=False)
         if self.config.check_invariants:
@@ -471,6 +485,8 @@ class Simulator:
             clock_offset=self._clock_offsets[slot.index],
             seed=self._node_seed(slot),
             ring=self._ring if full else None,
+            keyring=self.keyring,
+            boot=slot.starts,  # larger for every process started at this address
         )
         return cfg.node_factory(config, self.now)
 
@@ -613,8 +629,9 @@ class MembershipOnly:
     """The membership layer alone behind the Node entry points, for scale runs.
 
     Wired exactly as `Node` wires it (same seeding, same gossip addresses),
-    so its gossip is the real thing; it stores nothing and answers no
-    requests, which is what makes 1,000 nodes affordable in one process.
+    so its gossip is the real thing, though never sealed (it ignores the
+    key); it stores nothing and answers no requests, which is what makes
+    1,000 nodes affordable in one process.
     """
 
     def __init__(self, config: NodeConfig, now: float = 0.0) -> None:
@@ -632,7 +649,7 @@ class MembershipOnly:
     ) -> list[tuple[bytes, Addr]]:
         return []
 
-    def on_gossip(self, data: bytes, now: float) -> list[tuple[bytes, Addr]]:
+    def on_gossip(self, data: bytes, src: Addr, now: float) -> list[tuple[bytes, Addr]]:
         addrs = self._gossip_addrs
         sends = [(d, addrs[i]) for d, i in self.membership.on_message(data, now)]
         self.membership.take_events()  # nothing above membership to tell

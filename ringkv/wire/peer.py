@@ -20,9 +20,11 @@ counts on the write path (a PUT makes five of them).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import struct
 from collections.abc import Callable, Collection, Sequence
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 from ringkv.wire import Addr
@@ -64,6 +66,32 @@ class PeerLimits(NamedTuple):
 
     nodes: int  # node indices are below this
     slots: int  # ring slot numbers are below this
+    # The cluster's own addresses (data and gossip ports): never a client's, or
+    # a node would take its own replies for requests.
+    cluster: frozenset[Addr] = frozenset()
+
+
+@lru_cache(maxsize=4096)
+def is_ip_literal(host: str) -> bool:
+    """A client's host must be an address, never a name: a name would make the
+    node look it up (blocking its loop) before each reply."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _client(host: bytes, port: int, limits: PeerLimits) -> Addr:
+    try:
+        addr = (host.decode("ascii"), port)
+    except UnicodeDecodeError:
+        raise PeerDecodeError("a client host that is not an address") from None
+    if not is_ip_literal(addr[0]) or port == 0:
+        raise PeerDecodeError("a client host that is not an address")
+    if addr in limits.cluster:
+        raise PeerDecodeError("a cluster node named as a client")
+    return addr
 
 
 def is_peer(data: bytes) -> bool:
@@ -154,7 +182,7 @@ def _decode_forward(data: bytes, limits: PeerLimits) -> Forward:
     start = _FORWARD_HEAD.size
     if len(data) < start + host_len:
         raise PeerDecodeError("short FORWARD")
-    host = data[start : start + host_len].decode(errors="replace")
+    client = _client(data[start : start + host_len], port, limits)
     datagram = data[start + host_len :]
     try:
         message_id, payload = decode_msg(datagram)
@@ -166,7 +194,7 @@ def _decode_forward(data: bytes, limits: PeerLimits) -> Forward:
         raise PeerDecodeError("FORWARD of a request no node forwards")
     if len(request.value) > MAX_VALUE:
         raise PeerDecodeError("FORWARD of a value over the limit")
-    return Forward((host, port), message_id, request, datagram, hops)
+    return Forward(client, message_id, request, datagram, hops)
 
 
 def encode_status_request(token: bytes) -> bytes:
@@ -199,7 +227,8 @@ def decode_status_reply(data: bytes) -> tuple[bytes, dict[str, Any]]:
 # -- chain replication ---------------------------------------------------------
 
 # magic, kind, removed, err, stamp, version, client port, host, id, key, path, targets lengths
-_REPLICATE_HEAD = struct.Struct("!2sBBBQiHBBBBB")
+# (a message ID may be as long as the client's datagram allows)
+_REPLICATE_HEAD = struct.Struct("!2sBBBQiHBHBBB")
 
 
 class Write(NamedTuple):
@@ -240,7 +269,7 @@ def _decode_replicate(data: bytes, limits: PeerLimits) -> Write:
         (_, _, removed, err, stamp, version, port, host_len, id_len, key_len, path_len,
          targets_len) = _REPLICATE_HEAD.unpack_from(data)  # fmt: skip
         pos = _REPLICATE_HEAD.size
-        host = data[pos : pos + host_len].decode(errors="replace")
+        host = data[pos : pos + host_len]
         pos += host_len
         message_id = data[pos : pos + id_len]
         pos += id_len
@@ -258,7 +287,8 @@ def _decode_replicate(data: bytes, limits: PeerLimits) -> Write:
     if path_len == 0 or not _indices_ok(nodes, limits.nodes):
         raise PeerDecodeError("REPLICATE naming no node or an unknown one")
     path, targets = nodes[:path_len], nodes[path_len:]
-    return Write(message_id, (host, port), err, key, value, version, stamp, path, targets)
+    client = _client(host, port, limits)
+    return Write(message_id, client, err, key, value, version, stamp, path, targets)
 
 
 def encode_ack(message_id: bytes) -> bytes:
@@ -272,7 +302,8 @@ def _decode_ack(data: bytes, limits: PeerLimits) -> Ack:
 # -- key transfer ----------------------------------------------------------------
 
 _SYNC_HEAD = struct.Struct("!2sBIH")  # magic, kind, request id, count / batch number
-_ENTRY_HEAD = struct.Struct("!BBQiH")  # key length, kind, stamp, version, value length
+# key (or message ID) length, kind, stamp, version, value length
+_ENTRY_HEAD = struct.Struct("!HBQiH")
 _UNSURE = 1 << 31  # a SYNC_DONE slot with this bit set: the source is unsure of it
 _FLOOR = struct.Struct("!Q")  # ... and the stamp from which on it has every write
 # ... and, with this bit too, the requester left the slot's chain while the source
@@ -428,7 +459,7 @@ def _decode_sync_data(data: bytes, limits: PeerLimits) -> SyncData:
                 if stamp >= limits.slots:
                     raise PeerDecodeError("SYNC_DATA outcome of an unknown slot")
                 outcomes.append((key, version, stamp))
-            elif key_len == 0 or key_len > MAX_KEY or value_len > MAX_VALUE:
+            elif not 0 < key_len <= MAX_KEY or value_len > MAX_VALUE or len(key) != key_len:
                 raise PeerDecodeError("SYNC_DATA entry over the limits")
             else:
                 value = None if kind == _TOMBSTONE else data[pos : pos + value_len]

@@ -31,6 +31,7 @@ from ringkv.wire.codec import Command, Err, KVRequest, encode_response
 from ringkv.wire.peer import Ack, Write
 
 STAMP_NODE_BITS = 12
+STAMP_NODE_MASK = (1 << STAMP_NODE_BITS) - 1
 
 
 @dataclass
@@ -119,7 +120,14 @@ class ChainWrites:
 
     # -- down the chain and back ------------------------------------------------
 
+    def stamp_limit(self, now: float) -> int:
+        """The latest stamp a correct head could have given by `now` (clock skew included)."""
+        return self.stamp_at(now + self.config.max_clock_skew) | STAMP_NODE_MASK
+
     def on_replicate(self, write: Write, src: Addr, now: float) -> list[Send]:
+        if write.stamp > self.stamp_limit(now):
+            self.stats.refused_stamps += 1
+            return []
         slot = self.view.slot_of(write.key)
         if not self.storage.apply(write.key, write.value, write.version, write.stamp, now, slot):
             if self.storage.stamp_of(write.key) < write.stamp:

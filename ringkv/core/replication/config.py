@@ -39,6 +39,9 @@ class ReplicationConfig:
         can stay in flight (give_up_after) plus failure detection; hosts'
         clocks must agree to better than it.
     hold_retry 1.0: between full pulls of a held slot.
+    max_clock_skew 60: a replicated or transferred entry stamped later than
+        this ahead of our own clock is refused: no correct head stamps it,
+        and a stamp near the top of its field would leave the key unwritable.
     """
 
     max_hops: int = 2
@@ -53,3 +56,4 @@ class ReplicationConfig:
     linger: float = 10.0
     lookback: float = 60.0
     hold_retry: float = 1.0
+    max_clock_skew: float = 60.0

@@ -347,6 +347,8 @@ class Replication:
 
     def on_sync_request(self, request: SyncRequest, src: Addr, now: float) -> list[Send]:
         request_id, requester, since, slots = request
+        if not self._sent_by(requester, src):
+            return []
         wanted = set(slots)
         entries = [
             (key, value, version, stamp)
@@ -366,18 +368,21 @@ class Replication:
         return [(batch, src) for batch in batches]
 
     def on_sync_data(self, batch: SyncData, src: Addr, now: float) -> list[Send]:
-        transfer = self.transfers.on_batch(batch, now)
+        transfer = self.transfers.on_batch(batch, src, now)
         if transfer is None:
             return []
+        limit = self.writes.stamp_limit(now)
         for key, value, version, stamp in batch.entries:
-            if self.storage.apply(key, value, version, stamp, now):
+            if stamp > limit:
+                self.stats.refused_stamps += 1
+            elif self.storage.apply(key, value, version, stamp, now):
                 self.stats.keys_received += 1
         for message_id, err, slot in batch.outcomes:
             self.replies.put(message_id, err, now, slot)
         return self._maybe_complete(batch.request_id, now)
 
     def on_sync_done(self, done: SyncDone, src: Addr, now: float) -> list[Send]:
-        if self.transfers.on_done(done) is None:
+        if self.transfers.on_done(done, src) is None:
             return []
         return self._maybe_complete(done.request_id, now)
 
@@ -500,7 +505,7 @@ class Replication:
         join_delay: the head counts us already, and a copy is missing.
         """
         source, slots = hint
-        if source == self.index:
+        if source == self.index or not self._sent_by(source, src):
             return []
         table, view = self.slots, self.view
         now_due = {s for s in slots if table.pull_waits(s) and source in view.chain(s)}
@@ -512,8 +517,16 @@ class Replication:
         return self._pull_due(now) if now_due else self._pump(now)
 
     def on_sync_confirm(self, confirm: SyncConfirm, src: Addr, now: float) -> list[Send]:
-        self.handoffs.on_confirm(confirm)
+        if self._sent_by(confirm.sender, src):
+            self.handoffs.on_confirm(confirm)
         return []
+
+    def _sent_by(self, node: int, src: Addr) -> bool:
+        """Does a message naming `node` as its sender come from that node's address?"""
+        if self.servers[node] == src:
+            return True
+        self.stats.refused_senders += 1
+        return False
 
     # -- status and checks ----------------------------------------------------------
 

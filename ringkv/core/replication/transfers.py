@@ -119,23 +119,31 @@ class TransferQueue:
                 return item
         return next(iter(self._queue.items()))
 
-    def on_batch(self, batch: SyncData, now: float) -> Transfer | None:
-        """A batch of a pull in flight: the pull if it is new to us (to apply), else None."""
-        transfer = self._in_flight.get(batch.request_id)
+    def on_batch(self, batch: SyncData, src: Addr, now: float) -> Transfer | None:
+        """A batch of a pull in flight from its source: the pull if the batch is new
+        to us (to apply), else None."""
+        transfer = self._from_source(batch.request_id, src)
         if transfer is None or batch.number in transfer.received:
             return None
         transfer.sent_at = now  # progress: a large transfer is not asked for again
         transfer.received.add(batch.number)
         return transfer
 
-    def on_done(self, done: SyncDone) -> Transfer | None:
-        transfer = self._in_flight.get(done.request_id)
+    def on_done(self, done: SyncDone, src: Addr) -> Transfer | None:
+        transfer = self._from_source(done.request_id, src)
         if transfer is None:
             return None
         transfer.expected = done.batches
         transfer.strangers, transfer.unsure, transfer.vouched = (
             done.strangers, done.unsure, done.vouched
         )  # fmt: skip
+        return transfer
+
+    def _from_source(self, request_id: int, src: Addr) -> Transfer | None:
+        """The pull in flight with this ID, if `src` is the node it was asked of."""
+        transfer = self._in_flight.get(request_id)
+        if transfer is None or self.servers[transfer.source] != src:
+            return None
         return transfer
 
     def take_if_complete(self, request_id: int) -> Transfer | None:
