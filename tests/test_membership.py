@@ -680,3 +680,11 @@ def test_a_verdict_at_the_top_incarnation_is_ignored_since_nobody_could_refute_i
     verdict = (Entry(3, DEAD, MAX_INCARNATION, 1),)
     member.on_message(encode(GossipMsg(PING, 1, 0, 9, 0, verdict)), 0.06)
     assert member.state_of(3) == "alive"
+
+
+def test_relayed_probes_are_bounded_whatever_members_ask() -> None:
+    member = Membership(0, 5)
+    member.on_tick(0.05)
+    for seq in range(1000):
+        member.on_message(encode(GossipMsg(PING_REQ, 1, 0, seq, 2, ())), 0.06)
+    assert len(member._relays) == 5 * 4

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import math
 
 import pytest
 
 from ringkv.core.node import Node, NodeConfig
+from ringkv.core.replies import ReplyCache
 from ringkv.wire import peer
 from ringkv.wire.codec import (
     Command,
@@ -216,3 +218,29 @@ def test_replication_is_due_only_while_something_waits_on_a_timer() -> None:
     assert replication.next_due(1.0) == math.inf
     replication.on_view(frozenset({0}), 2.0)  # the other node left: a settling pull is planned
     assert replication.next_due(2.1) == 2.1
+
+
+def test_admin_from_restricts_wipeout_and_shutdown_to_its_networks() -> None:
+    node = new_node(admin_from=(ipaddress.ip_network("10.0.0.0/8"),))
+    call(node, Command.PUT, b"k", b"v")
+    assert call(node, Command.WIPEOUT).errCode == Err.BAD_COMMAND  # CLIENT is 127.0.0.1
+    assert call(node, Command.SHUTDOWN).errCode == Err.BAD_COMMAND
+    assert not node.exit_requested and call(node, Command.GET, b"k").value == b"v"
+    assert call(node, Command.IS_ALIVE).errCode == Err.OK  # the others stay open
+    admin = ("10.1.2.3", 999)
+    request = encode_request(b"w" * 16, Command.WIPEOUT, b"", b"", 0)
+    [(reply, _)] = node.on_datagram(request, admin, 0.0)
+    assert decode_response(decode_msg(reply)[1]).errCode == Err.OK
+    assert call(node, Command.GET, b"k").errCode == Err.NO_KEY
+    assert node.stats.refused_admin == 2
+
+
+def test_the_reply_cache_is_bounded_in_bytes_whatever_the_message_ids_length() -> None:
+    cache = ReplyCache(max_bytes=1 << 20)
+    for n in range(1000):
+        cache.put(n.to_bytes(4, "big") * 2500, Err.OK, 0.0)  # 10 kB message IDs
+    assert cache.bytes <= 1 << 20 and 0 < len(cache) < 1000
+    assert cache.get((999).to_bytes(4, "big") * 2500) == Err.OK  # the newest stay
+    assert cache.get((0).to_bytes(4, "big") * 2500) is None
+    cache.expire(100.0)
+    assert len(cache) == 0 and cache.bytes == 0

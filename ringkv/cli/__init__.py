@@ -1,7 +1,7 @@
 """The `ringkv` command line (entry point `ringkv.cli:main`, also `python -m ringkv`).
 
 - main:     the `ringkv` group and its own commands: node, put, get, rm, alive,
-            pid, members, wipe, shutdown, echo, bench
+            pid, members, wipe, shutdown, echo, bench, fuzz, keygen, keyring
 - cluster:  `ringkv cluster …`, start, watch and steer a cluster
 - check:    `ringkv check`, the evaluation's stages (ringkv.check)
 - sim:      `ringkv sim`, a scenario in the simulator (ringkv.sim)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, NoReturn
 import click
 
 from ringkv.cli.options import (
+    CIDR,
+    IPNetwork,
     client_options,
     cluster_key_option,
     hex_option,
@@ -23,6 +25,7 @@ from ringkv.cli.options import (
     read_keyring,
     read_servers,
     replicas_option,
+    seed_option,
     server_option,
     servers_file_option,
     timeout_option,
@@ -58,6 +61,11 @@ def main() -> None:
     help="Run a multi-node cluster without a cluster key: any datagram from anyone is believed.",
 )  # fmt: skip
 @click.option(
+    "--admin-from", "admin_from", multiple=True, type=CIDR, metavar="CIDR",
+    help="Take WIPEOUT and SHUTDOWN only from clients in this network (repeatable); "
+    "others get errCode 5. Default: from every client, as the protocol has it.",
+)  # fmt: skip
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -65,7 +73,7 @@ def main() -> None:
 )
 def node(
     listen: Addr, servers_file: Path | None, memory_mb: int, replicas: int,
-    key_file: Path | None, insecure: bool, log_level: str,
+    key_file: Path | None, insecure: bool, admin_from: tuple[IPNetwork, ...], log_level: str,
 ) -> None:  # fmt: skip
     """Run one node of a cluster."""
     from ringkv.core.node import Node, NodeConfig
@@ -99,8 +107,54 @@ def node(
         clock_offset=time.time() - time.monotonic(),
         keyring=None if key_file is None else read_keyring(key_file),
         boot=time.time_ns() // 1000,
+        admin_from=admin_from or None,
     )
     serve(Node(config), listen, gossip=len(servers) > 1, key_file=key_file)
+
+
+@main.group()
+def keyring() -> None:
+    """Rotate a cluster key without downtime, one step at a time.
+
+    Apply each step to every node's key file, then SIGHUP every node, before
+    the next: add (a new key that every node opens), use (the new key seals),
+    retire (only the new key is left).
+    """
+
+
+def _keyring_step(key_file: Path, step: str, done: str) -> None:
+    from ringkv.wire.seal import KeyringError, save_keyring
+
+    keys = read_keyring(key_file)
+    try:
+        save_keyring(key_file, getattr(keys, step)())
+    except KeyringError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"{key_file}: {done}; now SIGHUP every node")
+
+
+_KEY_FILE = click.argument("key_file", type=click.Path(dir_okay=False, path_type=Path))
+
+
+@keyring.command()
+@_KEY_FILE
+def add(key_file: Path) -> None:
+    """Add a new key at the end: opened by every node, sealing with none yet."""
+    _keyring_step(key_file, "with_new_key", "a new key added")
+
+
+@keyring.command()
+@_KEY_FILE
+def use(key_file: Path) -> None:
+    """Move the newest key to the front: nodes seal with it, the others still open."""
+    _keyring_step(key_file, "newest_first", "the newest key seals")
+
+
+@keyring.command()
+@_KEY_FILE
+def retire(key_file: Path) -> None:
+    """Drop every key but the first."""
+    _keyring_step(key_file, "primary_only", "the older keys retired")
 
 
 @main.command()
@@ -309,6 +363,43 @@ def members(server: Addr | None, servers_file: Path | None, timeout: float, trie
         timeout,
         tries,
     )
+
+
+@main.command()
+@server_option("The node to fuzz (loopback only) [default: 127.0.0.1:43100].")
+@click.option("--count", type=click.IntRange(min=1), default=20_000, show_default=True)
+@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="The size of its cluster: node indices to forge.")  # fmt: skip
+@seed_option("Seed of the datagrams sent.", default=1, show_default=True)
+@json_option("Print the report as one JSON object.")
+def fuzz(server: Addr | None, count: int, nodes: int, seed: int, as_json: bool) -> None:
+    """Send COUNT hostile datagrams to a node, then check it is unharmed.
+
+    Random, mutated and well-formed-but-forged client, peer and gossip
+    datagrams (never a well-formed WIPEOUT or SHUTDOWN); then the node must
+    still answer with the same PID and membership count, a PUT/GET round trip
+    must work, and the sentinel keys stored before must read back unchanged.
+    Exit code 1 if anything gave.
+    """
+    import json
+
+    from ringkv.check.fuzz import Fuzzer, FuzzTargetError
+
+    try:
+        fuzzer = Fuzzer(server or DEFAULT_SERVER, seed, nodes)
+    except FuzzTargetError as exc:
+        raise click.UsageError(str(exc)) from None
+    report = fuzzer.run(count)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(f"sent {sum(report.sent.values())} datagrams: {dict(report.sent)}")
+        click.echo(f"liveness checks: {report.liveness_checks}")
+        for failure in report.failures:
+            click.echo(f"FAILED: {failure}")
+        click.echo("passed" if report.passed else "failed")
+    if not report.passed:
+        raise SystemExit(EXIT_ERR)
 
 
 @main.command()

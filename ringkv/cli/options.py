@@ -6,6 +6,7 @@ commands explain it differently, the help text is an argument.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +35,24 @@ class AddrType(click.ParamType[Addr]):
 
 
 ADDR = AddrType()
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class CidrType(click.ParamType[IPNetwork]):
+    name = "CIDR"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> IPNetwork:
+        if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            return value
+        try:
+            return ipaddress.ip_network(str(value), strict=False)
+        except ValueError:
+            self.fail(f"{value!r} is not an address or network (e.g. 10.0.0.0/8)", param, ctx)
+
+
+CIDR = CidrType()
 
 
 def read_servers(path: str | Path) -> list[Addr]:

@@ -85,6 +85,7 @@ from ringkv.wire.gossip import (
 
 Send = tuple[bytes, int]  # (datagram, destination node index)
 _MAX_SYNCS_ASKED = 64  # SYNCs awaiting their SYNC_ACK, remembered by sequence number
+_RELAYS_PER_NODE = 4  # PING_REQs relayed at once; each member asks a few per probe
 
 
 @dataclass(frozen=True, slots=True)
@@ -569,6 +570,8 @@ class Membership:
         target = msg.target
         if not 0 <= target < self.n_nodes or target in (self.index, msg.sender):
             return
+        if len(self._relays) >= self.n_nodes * _RELAYS_PER_NODE:
+            return  # far more than members ask for: a flood, or a bug; the asker probes on
         seq = self._next_seq()
         deadline = self._clock + self._scaled(self.config.ack_timeout)
         self._relays[seq] = (msg.sender, msg.seq, deadline)

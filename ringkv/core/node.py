@@ -6,6 +6,7 @@ The runtime (real sockets) and the simulator (virtual network) drive it.
 
 from __future__ import annotations
 
+import ipaddress
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from ringkv.wire.seal import OPERATOR, Channel, Keyring, Refused, Sealer
 
 _PUT, _GET, _REMOVE = Command.PUT, Command.GET, Command.REMOVE
 _KEY_COMMANDS = frozenset((_PUT, _GET, _REMOVE))
+_RESTRICTED = frozenset((Command.WIPEOUT, Command.SHUTDOWN))  # see NodeConfig.admin_from
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The reference client gives up after 0.7 s (100 + 200 + 400 ms).
 STALE_REQUEST_AGE = 1.0
 # Seconds between the ticks a driver (runtime or simulator) gives a node; it may
@@ -58,6 +61,8 @@ class NodeConfig:
     # wire.seal); None runs without authentication (one node, or --insecure).
     keyring: Keyring | None = None
     boot: int = 0  # this process's start, larger than any earlier life's (replay windows)
+    # Clients allowed WIPEOUT and SHUTDOWN (None: every client, as the protocol has it).
+    admin_from: tuple[IPNetwork, ...] | None = None
 
 
 @dataclass
@@ -76,6 +81,7 @@ class NodeStats:
     stale: int = 0
     gossip_sent: int = 0
     unauthenticated: int = 0  # peer or gossip datagrams refused: not sealed, forged, replayed
+    refused_admin: int = 0  # WIPEOUT or SHUTDOWN from a client outside admin_from
 
 
 class Node:
@@ -261,11 +267,11 @@ class Node:
         if not sends:
             return sends
         assert self._sealer is not None
-        close, index_of, data = self._sealer.seal, self._index_of, Channel.DATA
+        close, index_of, data, magic = self._sealer.seal, self._index_of, Channel.DATA, peer.MAGIC
         sealed: list[Send] = []
         for payload, dest in sends:
             index = index_of.get(dest)
-            if index is not None and peer.is_peer(payload):
+            if index is not None and payload[:2] == magic:
                 payload = close(payload, index, data)
             sealed.append((payload, dest))
         return sealed
@@ -310,6 +316,7 @@ class Node:
             "stale": self.stats.stale,
             "gossip_sent": self.stats.gossip_sent,
             "unauthenticated": self.stats.unauthenticated,
+            "refused_admin": self.stats.refused_admin,
         }
 
     # -- requests -----------------------------------------------------------
@@ -331,6 +338,9 @@ class Node:
             message = peer.decode(data, self._limits)
         except PeerDecodeError:
             self.stats.dropped += 1
+            return []
+        if self.membership is None and type(message) is not StatusRequest:
+            self.stats.unauthenticated += 1  # a one-node cluster has no peers to believe
             return []
         if age > STALE_REQUEST_AGE and type(message) is Forward:
             self.stats.stale += 1  # a client request all the same
@@ -369,6 +379,9 @@ class Node:
             reply = encode_response(message_id, Err.OK, pid=self.config.pid)
         elif command == Command.GET_MEMBERSHIP_COUNT:
             reply = encode_response(message_id, Err.OK, membership_count=self.membership_count())
+        elif command in _RESTRICTED and not self._admin_allowed(src):
+            self.stats.refused_admin += 1
+            reply = encode_response(message_id, Err.BAD_COMMAND)  # not offered to this client
         elif command == Command.WIPEOUT:
             self.storage.wipe()
             reply = encode_response(message_id, Err.OK)
@@ -379,6 +392,16 @@ class Node:
         else:
             reply = encode_response(message_id, Err.BAD_COMMAND)
         return [(reply, src)]
+
+    def _admin_allowed(self, src: Addr) -> bool:
+        allowed = self.config.admin_from
+        if allowed is None:
+            return True
+        try:
+            host = ipaddress.ip_address(src[0])
+        except ValueError:
+            return False
+        return any(host in network for network in allowed)
 
 
 def _validate(request: KVRequest) -> int:

@@ -11,7 +11,8 @@ and slot are packed into one int, and equal ints are shared (a fresh int
 per entry would cost 32 B). Expiry is bucketed by whole seconds: a bucket
 is only a count, because the dict keeps insertion order, so a bucket's IDs
 are the first `count` keys of the dict when it is the oldest. The total is
-also capped: past `max_entries` the oldest bucket goes early, which bounds
+also capped: past `max_entries` entries, or `max_bytes` of message IDs (a
+client chooses their length), the oldest entries go early, which bounds
 memory under any load.
 """
 
@@ -23,14 +24,21 @@ from itertools import islice
 
 DEFAULT_RETENTION = 10.0  # seconds; the protocol asks for at least 5
 DEFAULT_MAX_ENTRIES = 1_000_000  # ~100 MB at worst; 100k writes/s for 10 s
+DEFAULT_MAX_BYTES = 128 << 20  # message IDs plus ENTRY_COST each
+ENTRY_COST = 100  # an entry's dict slot and bytes object beyond the ID's own bytes
 _SHARED_MAX = 4096  # distinct outcomes shared at once; a node writes to a few hundred slots
 
 
 class ReplyCache:
-    __slots__ = ("_buckets", "_outcomes", "_shared", "max_entries", "retention")
+    __slots__ = (
+        "_buckets", "_outcomes", "_shared", "bytes", "max_bytes", "max_entries", "retention",
+    )  # fmt: skip
 
     def __init__(
-        self, retention: float = DEFAULT_RETENTION, max_entries: int = DEFAULT_MAX_ENTRIES
+        self,
+        retention: float = DEFAULT_RETENTION,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self._outcomes: dict[bytes, int] = {}  # in the order of the buckets
         # [second the bucket's entries expire, how many], oldest first
@@ -38,6 +46,8 @@ class ReplyCache:
         self._shared: dict[int, int] = {}  # packed outcome -> the one int object for it
         self.retention = retention
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0  # the entries' message IDs plus ENTRY_COST each
 
     def __len__(self) -> int:
         return len(self._outcomes)
@@ -51,14 +61,26 @@ class ReplyCache:
         if message_id in outcomes:
             return
         outcomes[message_id] = self._share(err | (slot + 1) << 8)  # error code and slot
+        self.bytes += len(message_id) + ENTRY_COST
         expires = math.ceil(now + self.retention)
         buckets = self._buckets
         if buckets and buckets[-1][0] == expires:
             buckets[-1][1] += 1
         else:
             buckets.append([expires, 1])
-        while len(outcomes) > self.max_entries and len(buckets) > 1:
-            self._drop_oldest()
+        if len(outcomes) > self.max_entries or self.bytes > self.max_bytes:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Forget the oldest entries until the cache is within both of its caps."""
+        outcomes, buckets = self._outcomes, self._buckets
+        while outcomes and (len(outcomes) > self.max_entries or self.bytes > self.max_bytes):
+            message_id = next(iter(outcomes))
+            del outcomes[message_id]
+            self.bytes -= len(message_id) + ENTRY_COST
+            buckets[0][1] -= 1
+            if not buckets[0][1]:
+                buckets.popleft()
 
     def outcomes_in(self, slots: set[int]) -> list[tuple[bytes, int, int]]:
         """(message ID, error code, slot) of the kept outcomes of writes to these slots."""
@@ -79,6 +101,7 @@ class ReplyCache:
         outcomes = self._outcomes
         for message_id in list(islice(outcomes, count)):  # the oldest `count` IDs
             del outcomes[message_id]
+            self.bytes -= len(message_id) + ENTRY_COST
         if not outcomes:
             self._outcomes = {}  # a dict does not shrink on deletes: let its table go
 

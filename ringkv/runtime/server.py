@@ -123,8 +123,7 @@ class NodeServer:
             )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
-        if self.key_file is not None:
-            loop.add_signal_handler(signal.SIGHUP, self._reload_key)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_key)
         self._tick_at = time.monotonic()
         self._timer = loop.call_soon(self._tick)
         log.info("listening on %s:%d (pid %d)", *self.listen, os.getpid())
@@ -262,7 +261,9 @@ class NodeServer:
             self._on_gossip(data, addr)
 
     def _reload_key(self) -> None:
-        assert self.key_file is not None
+        if self.key_file is None:
+            log.warning("SIGHUP: this node has no cluster key file to read again")
+            return
         try:
             keyring = load_keyring(self.key_file)
         except KeyringError as exc:

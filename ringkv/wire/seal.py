@@ -34,9 +34,10 @@ import hmac
 import os
 import secrets
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Any
 
 MAGIC = b"RS"
 KEY_BYTES = 32
@@ -154,30 +155,38 @@ class Refused(IntEnum):
     REPLAYED = 4  # an old boot of the sender, or a counter already seen or too old
 
 
-@dataclass
 class _Window:
-    """The counters seen from one sender on one (receiver, channel): a sliding bitmap."""
+    """What one sender's life (boot) sent on one (receiver, channel) has been seen:
+    the newest counter and a sliding bitmap below it."""
 
-    top: int = -1
-    seen: int = 0  # bit i: counter top - i was seen
+    __slots__ = ("boot", "seen", "top")
 
-    def accept(self, counter: int) -> bool:
-        if counter > self.top:
-            shift = counter - self.top
+    def __init__(self, boot: int) -> None:
+        self.boot = boot
+        self.top = -1
+        self.seen = 0  # bit i: counter top - i was seen
+
+    def accept(self, boot: int, counter: int) -> bool:
+        if boot != self.boot:
+            if boot < self.boot:
+                return False  # an earlier life of the sender
+            self.boot, self.top, self.seen = boot, -1, 0
+        top = self.top
+        if counter > top:
+            shift = counter - top
             self.seen = ((self.seen << shift) | 1) & _WINDOW_MASK if shift < WINDOW else 1
             self.top = counter
             return True
-        bit = 1 << (self.top - counter)
-        if self.top - counter >= WINDOW or self.seen & bit:
+        bit = 1 << (top - counter)
+        if top - counter >= WINDOW or self.seen & bit:
             return False
         self.seen |= bit
         return True
 
 
-@dataclass
-class _SenderState:
-    boot: int
-    windows: dict[int, _Window] = field(default_factory=dict)  # by channel
+def _keyed(key: bytes) -> Any:
+    """A BLAKE2b state keyed with `key`: copied per datagram, it skips the key setup."""
+    return hashlib.blake2b(key=key, digest_size=TAG_BYTES)
 
 
 class Sealer:
@@ -191,24 +200,27 @@ class Sealer:
     def __init__(self, keyring: Keyring, me: int, boot: int) -> None:
         self.me = me
         self.boot = boot
-        self._counters: dict[tuple[int, int], int] = {}
-        self._senders: dict[int, _SenderState] = {}
+        self._counters: dict[int, int] = {}  # by receiver * 4 + channel
+        self._windows: dict[int, _Window] = {}  # by sender * 4 + channel
         self.refused = [0] * len(Refused)
         self.set_keyring(keyring)
 
     def set_keyring(self, keyring: Keyring) -> None:
         self.keyring = keyring
-        self._by_id = {key_id(key): key for key in keyring.keys}
+        self._macs = {key_id(key): _keyed(key) for key in keyring.keys}
         self._seal_id = key_id(keyring.primary)
-        self._seal_key = keyring.primary
+        self._seal_mac = self._macs[self._seal_id]
 
     def seal(self, payload: bytes, receiver: int, channel: Channel) -> bytes:
-        slot = (receiver, channel)
-        counter = self._counters.get(slot, 0)
-        self._counters[slot] = counter + 1
+        slot = receiver << 2 | channel
+        counters = self._counters
+        counter = counters.get(slot, 0)
+        counters[slot] = counter + 1
         head = _HEAD.pack(MAGIC, self._seal_id, self.me, receiver, channel, self.boot, counter)
-        body = head + payload
-        return body + hashlib.blake2b(body, key=self._seal_key, digest_size=TAG_BYTES).digest()
+        mac = self._seal_mac.copy()
+        mac.update(head)
+        mac.update(payload)
+        return b"".join((head, payload, mac.digest()))
 
     def open(self, data: bytes, channel: Channel) -> tuple[int, bytes] | Refused:
         """(sender, payload) of an authentic, fresh datagram for this node and
@@ -216,16 +228,20 @@ class Sealer:
         if len(data) < OVERHEAD or data[:2] != MAGIC:
             return self._refuse(Refused.MALFORMED)
         _, kid, sender, receiver, chan, boot, counter = _HEAD.unpack_from(data)
-        key = self._by_id.get(kid)
-        if key is None:
+        mac = self._macs.get(kid)
+        if mac is None:
             return self._refuse(Refused.UNKNOWN_KEY)
-        body = memoryview(data)[:-TAG_BYTES]
-        tag = hashlib.blake2b(body, key=key, digest_size=TAG_BYTES).digest()
-        if not hmac.compare_digest(tag, data[-TAG_BYTES:]):
+        mac = mac.copy()
+        mac.update(memoryview(data)[:-TAG_BYTES])
+        if not hmac.compare_digest(mac.digest(), data[-TAG_BYTES:]):
             return self._refuse(Refused.BAD_TAG)
         if receiver != self.me or chan != channel:
             return self._refuse(Refused.MISADDRESSED)
-        if not self._fresh(sender, boot, chan, counter):
+        slot = sender << 2 | chan
+        window = self._windows.get(slot)
+        if window is None:
+            window = self._windows[slot] = _Window(boot)
+        if not window.accept(boot, counter):
             return self._refuse(Refused.REPLAYED)
         return sender, data[HEAD_BYTES:-TAG_BYTES]
 
@@ -238,24 +254,14 @@ class Sealer:
         if len(data) < OVERHEAD or data[:2] != MAGIC:
             return None
         _, kid, _, receiver, chan, _, _ = _HEAD.unpack_from(data)
-        key = self._by_id.get(kid)
-        if key is None or receiver != self.me or chan != Channel.REPLY:
+        mac = self._macs.get(kid)
+        if mac is None or receiver != self.me or chan != Channel.REPLY:
             return None
-        tag = hashlib.blake2b(memoryview(data)[:-TAG_BYTES], key=key, digest_size=TAG_BYTES)
-        if not hmac.compare_digest(tag.digest(), data[-TAG_BYTES:]):
+        mac = mac.copy()
+        mac.update(memoryview(data)[:-TAG_BYTES])
+        if not hmac.compare_digest(mac.digest(), data[-TAG_BYTES:]):
             return None
         return data[HEAD_BYTES:-TAG_BYTES]
-
-    def _fresh(self, sender: int, boot: int, channel: int, counter: int) -> bool:
-        state = self._senders.get(sender)
-        if state is None or boot > state.boot:
-            state = self._senders[sender] = _SenderState(boot)
-        elif boot < state.boot:
-            return False
-        window = state.windows.get(channel)
-        if window is None:
-            window = state.windows[channel] = _Window()
-        return window.accept(counter)
 
     def _refuse(self, why: Refused) -> Refused:
         self.refused[why] += 1

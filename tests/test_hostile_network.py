@@ -1,0 +1,118 @@
+"""Real node processes under hostile traffic: the fuzzer, and key rotation under load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from cluster_helpers import wait_for_counts
+
+from ringkv.check.fuzz import Fuzzer, FuzzTargetError
+from ringkv.client.client import Client, ClientTimeout
+from ringkv.client.local import free_udp_port, local_node
+from ringkv.runtime.cluster import LocalCluster, local_servers
+from ringkv.wire.codec import Err
+from ringkv.wire.seal import load_keyring
+
+
+def _fuzz(target: tuple[str, int], count: int, nodes: int) -> dict[str, object]:
+    run = subprocess.run(
+        [sys.executable, "-m", "ringkv", "fuzz", "--server", f"{target[0]}:{target[1]}",
+         "--count", str(count), "--nodes", str(nodes), "--json"],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    report: dict[str, object] = json.loads(run.stdout)
+    assert run.returncode == (0 if report["passed"] else 1), run.stderr
+    return report
+
+
+def test_the_fuzzer_makes_every_kind_of_datagram_without_failing_itself() -> None:
+    fuzzer = Fuzzer(("127.0.0.1", 1), seed=7, nodes=3)
+    for kind, _, make in fuzzer._makers:
+        for _ in range(300):
+            assert isinstance(make(), bytes), kind
+
+
+def test_the_fuzzer_aims_at_this_host_only() -> None:
+    with pytest.raises(FuzzTargetError):
+        Fuzzer(("10.1.2.3", 43100))
+
+
+def test_a_one_node_cluster_survives_20000_fuzzed_datagrams() -> None:
+    with local_node() as node:
+        pid = node.proc.pid
+        report = _fuzz(node.addr, 20_000, 1)
+        assert report["failures"] == [] and report["sent"] == 20_000
+        assert node.proc.poll() is None and node.proc.pid == pid
+
+
+@pytest.mark.cluster
+def test_a_keyed_three_node_cluster_survives_20000_fuzzed_datagrams(tmp_path: Path) -> None:
+    cluster = LocalCluster.create(local_servers(3, "127.0.0.1", free_udp_port(), False), tmp_path)
+    cluster.start()
+    try:
+        cluster.wait_ready(60)
+        wait_for_counts(cluster, 3, 15)
+        report = _fuzz(cluster.servers[0], 20_000, 3)
+        assert report["failures"] == []
+        statuses = cluster.status()
+        assert all(s["count"] == 3 for s in statuses.values()), statuses
+        assert statuses[0]["unauthenticated"] > 0  # the forged peer and gossip datagrams
+        assert all(p.poll() is None for p in cluster.procs.values())
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.cluster
+def test_a_key_rotates_across_a_running_cluster_without_losing_a_request(tmp_path: Path) -> None:
+    cluster = LocalCluster.create(local_servers(10, "127.0.0.1", free_udp_port(), False), tmp_path)
+    cluster.start()
+    stop = threading.Event()
+    outcomes: list[int | None] = []
+
+    def load() -> None:
+        with Client(cluster.servers, timeout=0.2, tries=4, random_front_end=True) as client:
+            n = 0
+            while not stop.is_set():
+                key = b"rotate-%d" % n
+                try:
+                    put = client.put(key, b"v%d" % n)
+                    got = client.get(key)
+                    outcomes.append(put.err if put.err != Err.OK else got.err)
+                    assert got.value == b"v%d" % n or got.err != Err.OK
+                except ClientTimeout:
+                    outcomes.append(None)
+                n += 1
+
+    try:
+        cluster.wait_ready(60)
+        wait_for_counts(cluster, 10, 20)
+        worker = threading.Thread(target=load)
+        worker.start()
+        assert cluster.key_file is not None
+        old = load_keyring(cluster.key_file)
+        for step in ("add", "use", "retire"):
+            command = [sys.executable, "-m", "ringkv", "keyring", step, str(cluster.key_file)]
+            subprocess.run(command, check=True, capture_output=True, timeout=60)
+            for proc in cluster.procs.values():
+                os.kill(proc.pid, signal.SIGHUP)
+            time.sleep(2.0)
+        stop.set()
+        worker.join(30)
+        rotated = load_keyring(cluster.key_file)
+        assert rotated.keys != old.keys and len(rotated.keys) == 1
+        assert len(outcomes) > 50
+        assert outcomes.count(None) == 0 and set(outcomes) == {Err.OK}, outcomes
+        statuses = cluster.status()  # sealed with the new key only
+        assert len(statuses) == 10 and all(s["count"] == 10 for s in statuses.values())
+        assert all(s["deaths"] == 0 for s in statuses.values())
+    finally:
+        stop.set()
+        cluster.stop()
