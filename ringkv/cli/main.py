@@ -394,6 +394,7 @@ def fuzz(server: Addr | None, count: int, nodes: int, seed: int, as_json: bool) 
         click.echo(json.dumps(report.as_dict()))
     else:
         click.echo(f"sent {sum(report.sent.values())} datagrams: {dict(report.sent)}")
+        click.echo(f"not sent, being client writes of what is checked: {report.skipped}")
         click.echo(f"liveness checks: {report.liveness_checks}")
         for failure in report.failures:
             click.echo(f"FAILED: {failure}")
