@@ -7,9 +7,11 @@ import sys
 import tracemalloc
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ringkv.core.replies import ReplyCache
-from ringkv.core.storage import ENTRY_OVERHEAD, Storage
+from ringkv.core.storage import ENTRY_OVERHEAD, TOMBSTONE_SHARE, Storage
 
 
 def test_put_get_remove_and_accounting() -> None:
@@ -264,3 +266,56 @@ def test_reply_cache_expires_in_put_order_and_ignores_repeats() -> None:
     assert len(cache) == 0
     cache.put(b"d", 0, now=9.0)  # usable again once drained
     assert cache.get(b"d") == 0 and len(cache) == 1
+
+
+def test_removes_of_keys_that_never_existed_cannot_crowd_out_values() -> None:
+    store = Storage(1 << 20)
+    for n in range(100_000):  # ~17 MB of tombstones if each were kept
+        store.remove(b"absent-%d" % n, stamp=n + 1, now=0.0)
+    assert store.tombstone_bytes <= store.budget // TOMBSTONE_SHARE
+    assert store.used == store.tombstone_bytes
+    assert store.put(b"value", b"v" * 800_000, 1, stamp=1)  # within the rest of the budget
+    assert store.entry(b"absent-99999") == (None, 0, 100_000)  # the newest tombstones stay
+    assert store.entry(b"absent-0") is None  # the oldest went early
+
+
+def test_the_tombstone_queue_is_bounded_when_one_key_is_removed_again_and_again() -> None:
+    store = Storage(1 << 20)
+    for n in range(100_000):
+        store.remove(b"same", stamp=n + 1, now=0.0)
+    assert len(store._tombstones) <= 2 * (store.budget // TOMBSTONE_SHARE) // ENTRY_OVERHEAD
+    assert store.entry(b"same") == (None, 0, 100_000)
+    assert store.tombstone_bytes == len(b"same") + ENTRY_OVERHEAD == store.used
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["put", "remove", "apply", "apply-remove", "collect"]),
+            st.sampled_from([b"a", b"b", b"c", b"d"]),
+            st.integers(1, 40),
+        ),
+        max_size=60,
+    )
+)
+def test_accounting_matches_a_recount_after_any_sequence(ops: list[tuple[str, bytes, int]]) -> None:
+    store = Storage(3 * (ENTRY_OVERHEAD + 8) * TOMBSTONE_SHARE)  # room for ~3 tombstones
+    for when, (op, key, stamp) in enumerate(ops):
+        if op == "put":
+            store.put(key, b"v" * stamp, 0, stamp)
+        elif op == "remove":
+            store.remove(key, stamp, float(when))
+        elif op == "apply":
+            store.apply(key, b"w" * stamp, 0, stamp, float(when))
+        elif op == "apply-remove":
+            store.apply(key, None, 0, stamp, float(when))
+        else:
+            store.collect_tombstones(float(when), ttl=5.0)
+        entries = dict(store.items())
+        tombstones = [k for k, (value, _, _) in entries.items() if value is None]
+        assert store.tombstone_bytes == sum(len(k) + ENTRY_OVERHEAD for k in tombstones)
+        assert store.used == sum(
+            len(k) + len(v or b"") + ENTRY_OVERHEAD for k, (v, _, _) in entries.items()
+        )
+        assert store.tombstone_bytes <= store.budget // TOMBSTONE_SHARE
+        assert len(store) == len(entries) - len(tombstones)

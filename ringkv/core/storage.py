@@ -4,7 +4,11 @@ Every write carries a stamp, ordered per key across the whole cluster (see
 replication). A copy of a key only ever moves forward: `apply` keeps the
 higher stamp. A remove leaves a tombstone (value None) with its stamp, so an
 older copy arriving later from a node that missed the remove cannot bring
-the key back; tombstones are collected after `TOMBSTONE_TTL`.
+the key back; tombstones are collected after `TOMBSTONE_TTL`. They count
+against the budget, and their share of it is capped (`TOMBSTONE_SHARE`):
+beyond it the oldest go early, so that REMOVEs of keys that never existed
+cannot crowd out the values (an older copy of such a key, arriving after
+its tombstone went, could come back: the price of a bounded store).
 
 Keys can be indexed by group (replication uses ring slots), so that the
 keys of a few slots are found without a scan of the whole store; a one-node
@@ -35,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 # on CPython 3.11 at 130-150 B per entry (100k-170k keys, 10-1000 B values).
 ENTRY_OVERHEAD = 150
 TOMBSTONE_TTL = 300.0  # seconds; a node paused longer than this drops its copies
+TOMBSTONE_SHARE = 8  # tombstones take at most 1/8 of the budget; the oldest go first
 
 Entry = tuple[bytes | None, int, int]  # value (None: removed), version, stamp
 LiveEntry = tuple[bytes, int, int]  # a key's value, version and stamp
@@ -54,7 +59,9 @@ def _unpack(packed: bytes) -> Entry:
 
 
 class Storage:
-    __slots__ = ("_data", "_group", "_groups", "_tombstones", "budget", "live", "used")
+    __slots__ = (
+        "_data", "_group", "_groups", "_tombstones", "budget", "live", "tombstone_bytes", "used",
+    )  # fmt: skip
 
     def __init__(self, budget_bytes: int, group: Callable[[bytes], int] | None = None) -> None:
         self._data: dict[bytes, bytes] = {}  # key -> packed entry
@@ -64,6 +71,7 @@ class Storage:
         self._tombstones: deque[tuple[float, bytes, bytes]] = deque()
         self.budget = budget_bytes
         self.used = 0
+        self.tombstone_bytes = 0  # the tombstones' part of `used`
         self.live = 0  # keys with a value (not tombstones)
 
     def __len__(self) -> int:
@@ -101,6 +109,8 @@ class Storage:
         packed = _pack_head(stamp, version) + value  # raises on a bad field before any change
         if old is None or len(old) < _HEAD_SIZE:
             self.live += 1
+            if old is not None:
+                self.tombstone_bytes -= len(key) + ENTRY_OVERHEAD
         if old is None:
             self._index(key, group)
         self._data[key] = packed
@@ -116,6 +126,8 @@ class Storage:
         if old is not None:
             self.used -= _size(key, old)
             del self._data[key]
+            if not existed:
+                self.tombstone_bytes -= len(key) + ENTRY_OVERHEAD
         if existed:
             self.live -= 1
         if stamp:
@@ -123,7 +135,9 @@ class Storage:
                 self._index(key, group)
             self._data[key] = tombstone = _pack_stamp(stamp)
             self.used += len(key) + ENTRY_OVERHEAD
+            self.tombstone_bytes += len(key) + ENTRY_OVERHEAD
             self._tombstones.append((now, key, tombstone))
+            self._shed_tombstones()
         elif old is not None:
             self._unindex(key)
         return existed
@@ -147,17 +161,31 @@ class Storage:
     def collect_tombstones(self, now: float, ttl: float = TOMBSTONE_TTL) -> None:
         queue = self._tombstones
         while queue and queue[0][0] + ttl <= now:
-            _, key, tombstone = queue.popleft()
-            if self._data.get(key) is tombstone:  # not written or removed again since
-                del self._data[key]
-                self._unindex(key)
-                self.used -= len(key) + ENTRY_OVERHEAD
+            self._drop_oldest_tombstone()
+
+    def _shed_tombstones(self) -> None:
+        """Drop the oldest tombstones while they take more than their share of the
+        budget, or the queue (which also holds tombstones written over since) is
+        longer than that share could hold twice."""
+        queue, cap = self._tombstones, self.budget // TOMBSTONE_SHARE
+        longest = 2 * cap // ENTRY_OVERHEAD
+        while queue and (self.tombstone_bytes > cap or len(queue) > longest):
+            self._drop_oldest_tombstone()
+
+    def _drop_oldest_tombstone(self) -> None:
+        _, key, tombstone = self._tombstones.popleft()
+        if self._data.get(key) is tombstone:  # not written or removed again since
+            del self._data[key]
+            self._unindex(key)
+            self.used -= len(key) + ENTRY_OVERHEAD
+            self.tombstone_bytes -= len(key) + ENTRY_OVERHEAD
 
     def wipe(self) -> None:
         self._data.clear()
         self._groups.clear()
         self._tombstones.clear()
         self.used = 0
+        self.tombstone_bytes = 0
         self.live = 0
 
     def items(self) -> Iterator[tuple[bytes, Entry]]:
