@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ringkv.core.node import Node, NodeConfig
+from ringkv.runtime.cluster import KEY_FILE, LocalCluster
 from ringkv.wire import gossip, peer
 from ringkv.wire.codec import Command, Err, encode_request
 from ringkv.wire.peer import Write
@@ -235,3 +236,14 @@ def test_keygen_writes_a_private_key_file_and_never_overwrites_one(tmp_path: Pat
     again = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2 and "exists" in again.stderr
     assert load_keyring(path) == first
+
+
+def test_an_insecure_local_cluster_leaves_no_key_the_tools_would_seal_with(
+    tmp_path: Path,
+) -> None:
+    servers = [("127.0.0.1", 43100), ("127.0.0.1", 43101)]
+    keyed = LocalCluster.create(servers, tmp_path)
+    assert keyed.key_file is not None and keyed.key_file.exists()
+    insecure = LocalCluster.create(servers, tmp_path, insecure=True)
+    assert insecure.key_file is None and insecure.keyring is None
+    assert not (tmp_path / KEY_FILE).exists()  # `cluster status --dir` finds no stale key

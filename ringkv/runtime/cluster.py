@@ -63,13 +63,16 @@ class LocalCluster:
         workdir.mkdir(parents=True, exist_ok=True)
         servers_file = servers_file or workdir / "servers.txt"
         servers_file.write_text(format_servers(servers))
-        key_file = None
-        if not insecure:
-            key_file = workdir / KEY_FILE
+        key_file = workdir / KEY_FILE
+        if insecure:
+            # A key left by an earlier cluster would make the tools seal what these
+            # nodes cannot open.
+            key_file.unlink(missing_ok=True)
+        else:
             save_keyring(key_file, Keyring.generate())
         return cls(
-            servers=servers, workdir=workdir, servers_file=servers_file, key_file=key_file,
-            **options,
+            servers=servers, workdir=workdir, servers_file=servers_file,
+            key_file=None if insecure else key_file, **options,
         )  # fmt: skip
 
     @property
@@ -182,7 +185,6 @@ class LocalCluster:
     def save_state(self) -> None:
         state = {
             "servers_file": str(self.servers_file.resolve()),
-            "key_file": None if self.key_file is None else str(self.key_file.resolve()),
             "pids": {str(i): p.pid for i, p in self.procs.items()},
             "suspended": sorted(self.suspended),
         }
