@@ -248,7 +248,7 @@ class Fuzzer:
             stamp = rng.choice((0, 1, (1 << 64) - 1, rng.getrandbits(64)))
             path = tuple(self._node() for _ in range(rng.randint(1, 4)))
             write = Write(
-                self._message_id()[:255], self._client_addr(), rng.randrange(8), self._key(),
+                self._message_id(), self._client_addr(), rng.randrange(8), self._key(),
                 value, rng.randint(0, 9), stamp, path,
             )  # fmt: skip
             try:

@@ -131,12 +131,12 @@ class Node:
         writes acknowledged since, or run again once its reply was forgotten.
         """
         if self._sealer is not None:
-            return self._seal(self._on_datagram(data, src, now, age))
+            return self._seal(self._on_keyed_datagram(data, src, now, age))
         if peer.is_peer(data):
             return self._on_peer(data, src, now, age)
         return self._on_client(data, src, now, age)
 
-    def _on_datagram(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
+    def _on_keyed_datagram(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
         """on_datagram of a node with a cluster key: peer datagrams only sealed."""
         if seal.is_sealed(data):
             return self._on_sealed(data, src, now, age)
@@ -233,14 +233,14 @@ class Node:
         if isinstance(opened, Refused):
             self.stats.unauthenticated += 1
             return None
-        sender, payload = opened
-        own = self._gossip_addrs if channel == Channel.GOSSIP else self.config.servers
+        sender = opened[0]
         if sender == OPERATOR and channel == Channel.DATA:
-            return opened
+            return opened  # a tool, from any address: only STATUS is taken from it
+        own = self._gossip_addrs if channel == Channel.GOSSIP else self.config.servers
         if sender >= len(own) or own[sender] != src:
             self.stats.unauthenticated += 1  # the key's holder, but not from its address
             return None
-        return sender, payload
+        return opened
 
     def _on_sealed(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
         opened = self._open(data, src, Channel.DATA)
