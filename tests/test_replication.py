@@ -132,9 +132,13 @@ def unsealed(data: bytes) -> bytes:
 
 
 def is_peer(data: bytes, kind: int) -> bool:
-    """Is this a peer datagram of this kind? (Interceptors look at bytes in flight.)"""
+    """Does this peer datagram carry a message of this kind (alone or in a BATCH)?
+    (Interceptors look at bytes in flight.)"""
     data = unsealed(data)
-    return peer.is_peer(data) and data[2] == kind
+    if not peer.is_peer(data):
+        return False
+    parts = peer.unpack(data) if peer.is_batch(data) else [data]
+    return any(part[2] == kind for part in parts)
 
 
 def decoded(data: bytes, nodes: int = 64) -> peer.PeerMessage | None:
@@ -441,12 +445,24 @@ class Rewind:
         self.rewritten = 0
 
     def __call__(self, data: bytes, src: Addr, dst: Addr) -> bool:
+        if not peer.is_peer(data):
+            return False
+        parts = peer.unpack(data) if peer.is_batch(data) else [data]
+        rewound = [self._rewind(part) for part in parts]
+        if rewound == parts:
+            return False
+        (datagram,) = peer.pack(rewound, limit=1 << 16)
+        self.sim.inject(datagram, src, dst, 0.001)
+        self.rewritten += 1
+        return True
+
+    def _rewind(self, data: bytes) -> bytes:
         batch = decoded(data)
         if not isinstance(batch, SyncData):
-            return False
+            return data
         entries = batch.entries
         if not any(key in self.stamps for key, *_ in entries):
-            return False
+            return data
         stale = [
             (key, b"stale", 1, self.stamps[key] - (1 << 12)) if key in self.stamps else entry
             for entry in entries
@@ -454,9 +470,7 @@ class Rewind:
         ]
         body = peer.encode_sync_batches(batch.request_id, stale)[0]
         head = len(peer.encode_sync_batches(batch.request_id, [])[-1])  # SYNC_DONE: a bare head
-        self.sim.inject(data[:head] + body[head:], src, dst, 0.001)
-        self.rewritten += 1
-        return True
+        return data[:head] + body[head:]
 
 
 def test_older_transferred_copy_never_overwrites_a_newer_one() -> None:

@@ -39,8 +39,10 @@ class _OrderNode:
         self.calls.append("tick")
         return Outbox()
 
-    def on_datagram(self, data: bytes, src: tuple[str, int], now: float, age: float = 0.0) -> list:
+    def take(self, data: bytes, src: tuple[str, int], now: float, age: float = 0.0) -> None:
         self.calls.append("datagram")
+
+    def flush(self) -> list:
         return []
 
     def on_gossip(self, data: bytes, src: object, now: float) -> list:
@@ -169,10 +171,10 @@ def test_after_a_stop_queued_gossip_is_read_before_queued_requests(stopped: bool
 class _FaultyNode(_OrderNode):
     """Raises on datagrams starting with b"bad" and on its first tick."""
 
-    def on_datagram(self, data: bytes, src: tuple[str, int], now: float, age: float = 0.0) -> list:
+    def take(self, data: bytes, src: tuple[str, int], now: float, age: float = 0.0) -> None:
         if data.startswith(b"bad"):
             raise ValueError("a bug this datagram found")
-        return super().on_datagram(data, src, now, age)
+        super().take(data, src, now, age)
 
     def on_tick(self, now: float) -> Outbox:
         if "tick" not in self.calls:

@@ -82,6 +82,14 @@ class NodeStats:
     gossip_sent: int = 0
     unauthenticated: int = 0  # peer or gossip datagrams refused: not sealed, forged, replayed
     refused_admin: int = 0  # WIPEOUT or SHUTDOWN from a client outside admin_from
+    datagrams_in: int = 0  # on the data port: client requests and peer datagrams
+    datagrams_out: int = 0  # on the data port: client replies and peer datagrams
+    replies: int = 0  # datagrams to clients (and tools)
+    # Peer messages sent, by kind byte (wire.peer): several may share a datagram.
+    peer_sent: list[int] = field(default_factory=lambda: [0] * 256)
+
+    def peer_sent_by_kind(self) -> dict[str, int]:
+        return {peer.KIND_NAMES.get(k, str(k)): n for k, n in enumerate(self.peer_sent) if n}
 
 
 class Node:
@@ -98,6 +106,8 @@ class Node:
         self.exit_requested = False
         # Data-port sends caused by gossip go out with the next tick.
         self._pending_data: list[Send] = []
+        # What the datagrams taken since the last flush() send, unpacked and unsealed.
+        self._outbox: list[Send] = []
         seed = self.index if config.seed is None else config.seed
         # A one-node cluster has nobody to gossip with.
         self.membership = (
@@ -123,21 +133,40 @@ class Node:
     # -- entry points -------------------------------------------------------
 
     def on_datagram(self, data: bytes, src: Addr, now: float, age: float = 0.0) -> list[Send]:
-        """A datagram on the data port: a client request or a peer message.
+        """One datagram on the data port, and what it sends (take, then flush)."""
+        self.take(data, src, now, age)
+        return self.flush()
+
+    def take(self, data: bytes, src: Addr, now: float, age: float = 0.0) -> None:
+        """A datagram on the data port: a client request or a peer message. What it
+        sends waits for flush(), so that a driver reading many datagrams at one
+        wake-up sends each peer one datagram for all of them.
 
         `age` is how long it waited in the kernel before being read. A client
         request that waited longer than any client retries (it was queued while
         this process was stopped) is dropped: executing it now could overwrite
         writes acknowledged since, or run again once its reply was forgotten.
         """
+        self.stats.datagrams_in += 1
         if self._sealer is not None:
-            return self._seal(self._on_keyed_datagram(data, src, now, age))
-        if peer.is_peer(data):
-            return self._on_peer(data, src, now, age)
-        return self._on_client(data, src, now, age)
+            sends = self._on_keyed_datagram(data, src, now, age)
+        elif peer.is_peer(data):
+            sends = self._on_peer(data, src, now, age)
+        else:
+            sends = self._on_client(data, src, now, age)
+        if sends:
+            self._outbox.extend(sends)
+
+    def flush(self) -> list[Send]:
+        """What the datagrams taken since the last flush send, packed and sealed."""
+        sends = self._outbox
+        if not sends:
+            return sends
+        self._outbox = []
+        return self._pack(sends)
 
     def _on_keyed_datagram(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
-        """on_datagram of a node with a cluster key: peer datagrams only sealed."""
+        """take() of a node with a cluster key: peer datagrams only sealed."""
         if seal.is_sealed(data):
             return self._on_sealed(data, src, now, age)
         if peer.is_peer(data):
@@ -185,8 +214,7 @@ class Node:
         if self._pending_data:
             outbox.data.extend(self._pending_data)
             self._pending_data = []
-        if self._sealer is not None:
-            outbox.data = self._seal(outbox.data)
+        outbox.data = self._pack(outbox.data)
         return outbox
 
     def next_due(self, now: float) -> float:
@@ -262,19 +290,36 @@ class Node:
         reply = self._sealer.seal(self._status_reply(message, now), OPERATOR, Channel.REPLY)
         return [(reply, src)]
 
-    def _seal(self, sends: list[Send]) -> list[Send]:
-        """Seal what goes to a member; replies to clients (and tools) go as they are."""
+    def _pack(self, sends: list[Send]) -> list[Send]:
+        """Peer messages to each member as few datagrams (BATCHes), sealed with the
+        cluster key; replies to clients (and tools) go as they are, first."""
         if not sends:
             return sends
-        assert self._sealer is not None
-        close, index_of, data, magic = self._sealer.seal, self._index_of, Channel.DATA, peer.MAGIC
-        sealed: list[Send] = []
+        stats, index_of, magic = self.stats, self._index_of, peer.MAGIC
+        counts = stats.peer_sent
+        out: list[Send] = []
+        by_member: dict[int, list[bytes]] = {}
         for payload, dest in sends:
             index = index_of.get(dest)
-            if index is not None and payload[:2] == magic:
-                payload = close(payload, index, data)
-            sealed.append((payload, dest))
-        return sealed
+            if index is None or payload[:2] != magic:
+                out.append((payload, dest))
+                continue
+            counts[payload[2]] += 1
+            messages = by_member.get(index)
+            if messages is None:
+                by_member[index] = [payload]
+            else:
+                messages.append(payload)
+        stats.replies += len(out)
+        servers, sealer = self.config.servers, self._sealer
+        for index, messages in by_member.items():
+            dest = servers[index]
+            for datagram in peer.pack(messages) if len(messages) > 1 else messages:
+                if sealer is not None:
+                    datagram = sealer.seal(datagram, index, Channel.DATA)
+                out.append((datagram, dest))
+        stats.datagrams_out += len(out)
+        return out
 
     def check_invariants(self) -> None:
         """Raise if replication's slot states break a rule (the simulator asks after
@@ -317,6 +362,10 @@ class Node:
             "gossip_sent": self.stats.gossip_sent,
             "unauthenticated": self.stats.unauthenticated,
             "refused_admin": self.stats.refused_admin,
+            "datagrams_in": self.stats.datagrams_in,
+            "datagrams_out": self.stats.datagrams_out,
+            "replies": self.stats.replies,
+            "peer_sent": self.stats.peer_sent_by_kind(),
         }
 
     # -- requests -----------------------------------------------------------
@@ -333,7 +382,21 @@ class Node:
         return self._admin(message_id, command, src, now)
 
     def _on_peer(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
-        """A peer datagram, decoded once here and handed on by its type."""
+        """A peer datagram: one message, or a BATCH of them from one sender."""
+        if not peer.is_batch(data):
+            return self._on_peer_message(data, src, now, age)
+        try:
+            messages = peer.unpack(data)
+        except PeerDecodeError:
+            self.stats.dropped += 1
+            return []
+        sends: list[Send] = []
+        for message in messages:
+            sends.extend(self._on_peer_message(message, src, now, age))
+        return sends
+
+    def _on_peer_message(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
+        """A peer message, decoded once here and handed on by its type."""
         try:
             message = peer.decode(data, self._limits)
         except PeerDecodeError:

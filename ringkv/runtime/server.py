@@ -148,26 +148,32 @@ class NodeServer:
         self._arm(time.monotonic())  # the datagrams may have given replication work to time
 
     def _read_data(self) -> None:
-        sock, on_datagram = self._sock, self.node.on_datagram
-        for _ in range(DRAIN_LIMIT):
-            try:
-                data, ancillary, _, addr = sock.recvmsg(MAX_DATAGRAM, 64)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue  # e.g. ICMP errors reported on the socket
-            age = 0.0
-            if ancillary:
-                seconds, nanos = _TIMESPEC.unpack_from(ancillary[0][2])
-                age = time.time() - (seconds + nanos * 1e-9)
-            try:
-                sends = on_datagram(data, addr, time.monotonic(), age)
-            except Exception:
-                self._contain("datagram", data)  # that datagram only: the batch goes on
-                continue
-            self._send(sends)
-            if self.node.exit_requested:
-                self._exit_now()
+        """Take each datagram the socket holds, then send what they all send: one
+        datagram per peer for the whole wake-up (Node.flush)."""
+        sock, node = self._sock, self.node
+        take = node.take
+        try:
+            for _ in range(DRAIN_LIMIT):
+                try:
+                    data, ancillary, _, addr = sock.recvmsg(MAX_DATAGRAM, 64)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    continue  # e.g. ICMP errors reported on the socket
+                age = 0.0
+                if ancillary:
+                    seconds, nanos = _TIMESPEC.unpack_from(ancillary[0][2])
+                    age = time.time() - (seconds + nanos * 1e-9)
+                try:
+                    take(data, addr, time.monotonic(), age)
+                except Exception:
+                    self._contain("datagram", data)  # that datagram only: the batch goes on
+                    continue
+                if node.exit_requested:
+                    self._send(node.flush())
+                    self._exit_now()
+        finally:
+            self._send(node.flush())
 
     def _contain(self, kind: str, data: bytes | None = None) -> None:
         """A bug met while handling one datagram or tick: count it, log it (at most

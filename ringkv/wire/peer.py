@@ -9,6 +9,8 @@ REPLICATE / ACK carry a write down a chain and its acknowledgement back up;
 SYNC_REQUEST / SYNC_DATA / SYNC_DONE transfer the keys of ring slots;
 HANDOFF asks a slot's members to pull it from a node that holds keys of it
 without being a member, and SYNC_CONFIRM tells that node they have them.
+A BATCH carries several of these to one node in one datagram (see `pack`):
+each datagram costs both processes far more than its bytes do.
 
 `decode` is the one way in: it turns a datagram into one of the immutable
 message types below, with every field checked against `PeerLimits` (node
@@ -49,10 +51,21 @@ SYNC_DATA = 7
 SYNC_DONE = 8
 HANDOFF = 9
 SYNC_CONFIRM = 10
+BATCH = 11
+KIND_NAMES = {
+    FORWARD: "forward", STATUS_REQUEST: "status_request", STATUS_REPLY: "status_reply",
+    REPLICATE: "replicate", ACK: "ack", SYNC_REQUEST: "sync_request", SYNC_DATA: "sync_data",
+    SYNC_DONE: "sync_done", HANDOFF: "handoff", SYNC_CONFIRM: "sync_confirm", BATCH: "batch",
+}  # fmt: skip
 
 # Values up to 10,000 bytes: a SYNC_DATA batch stays well inside one datagram.
 SYNC_BATCH_BYTES = 30_000
 
+# A batch is no larger than this unless one message alone is: about one
+# Ethernet jumbo frame, few fragments where hosts are apart.
+BATCH_BYTES = 8_192
+_BATCH_HEAD = struct.Struct("!2sBH")  # magic, kind, message count
+_PART_LENGTH = struct.Struct("!H")
 _FORWARD_HEAD = struct.Struct("!2sBBHB")  # magic, kind, hops, client port, host length
 _KEY_COMMANDS = frozenset((Command.PUT, Command.GET, Command.REMOVE))
 
@@ -167,6 +180,65 @@ class SyncConfirm(NamedTuple):
 
     sender: int
     slots: tuple[int, ...]
+
+
+def pack(messages: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
+    """Peer messages for one node as few datagrams: BATCHes of up to `limit` bytes
+    (one message alone goes as it is)."""
+    if len(messages) == 1:
+        return messages
+    datagrams: list[bytes] = []
+    group: list[bytes] = []
+    size = _BATCH_HEAD.size
+    for message in messages:
+        cost = _PART_LENGTH.size + len(message)
+        if group and size + cost > limit:
+            datagrams.append(_batch_of(group))
+            group, size = [], _BATCH_HEAD.size
+        group.append(message)
+        size += cost
+    datagrams.append(_batch_of(group))
+    return datagrams
+
+
+def _batch_of(group: list[bytes]) -> bytes:
+    if len(group) == 1:
+        return group[0]
+    parts = [_BATCH_HEAD.pack(MAGIC, BATCH, len(group))]
+    for message in group:
+        parts.append(_PART_LENGTH.pack(len(message)))
+        parts.append(message)
+    return b"".join(parts)
+
+
+def is_batch(data: bytes) -> bool:
+    return len(data) > 2 and data[2] == BATCH and data[:2] == MAGIC
+
+
+def unpack(data: bytes) -> list[bytes]:
+    """The messages of a BATCH, each a peer message but never a BATCH itself;
+    or PeerDecodeError. Each is decoded (and checked) on its own."""
+    try:
+        _, _, count = _BATCH_HEAD.unpack_from(data)
+    except struct.error as exc:
+        raise PeerDecodeError("truncated BATCH") from exc
+    messages: list[bytes] = []
+    pos, end = _BATCH_HEAD.size, len(data)
+    for _ in range(count):
+        if pos + _PART_LENGTH.size > end:
+            raise PeerDecodeError("truncated BATCH")
+        (length,) = _PART_LENGTH.unpack_from(data, pos)
+        pos += _PART_LENGTH.size
+        message = data[pos : pos + length]
+        pos += length
+        if len(message) != length or length < 3 or message[:2] != MAGIC:
+            raise PeerDecodeError("a BATCH part that is not a peer message")
+        if message[2] == BATCH:
+            raise PeerDecodeError("a BATCH inside a BATCH")
+        messages.append(message)
+    if pos != end:
+        raise PeerDecodeError("a BATCH longer than its parts")
+    return messages
 
 
 def encode_forward(client: Addr, datagram: bytes, hops: int = 1) -> bytes:
