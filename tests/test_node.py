@@ -7,6 +7,7 @@ import itertools
 import math
 
 import pytest
+from native import pure_python_only
 
 from ringkv.core.node import Node, NodeConfig
 from ringkv.core.replies import ReplyCache
@@ -190,6 +191,7 @@ def _two_nodes() -> Node:
     return Node(NodeConfig(servers=servers, pid=4242))
 
 
+@pure_python_only
 def test_idle_replication_is_not_ticked_and_ticks_wait_for_membership() -> None:
     node = _two_nodes()
     node.replication.next_due = lambda now: math.inf  # type: ignore[method-assign]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from native import pure_python_only
 
 from ringkv.core.replication.slots import NO_FLOOR, InvariantError, Phase, SlotTable
 from ringkv.sim.scenarios import Params, run_scenario
@@ -135,6 +136,7 @@ def test_any_sequence_of_transitions_keeps_the_invariants(
         slots.check_invariants(ME, MINE)
 
 
+@pure_python_only
 def test_a_broken_transition_fails_the_simulated_run_with_its_seed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

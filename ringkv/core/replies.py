@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from itertools import islice
+from typing import Any
 
 DEFAULT_RETENTION = 10.0  # seconds; the protocol asks for at least 5
 DEFAULT_MAX_ENTRIES = 1_000_000  # ~100 MB at worst; 100k writes/s for 10 s
@@ -40,10 +41,12 @@ class ReplyCache:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
-        self._outcomes: dict[bytes, int] = {}  # in the order of the buckets
+        # Values typed Any, not int: a compiled build (scripts/build-native) would
+        # otherwise unbox each shared int and box a new one per entry.
+        self._outcomes: dict[bytes, Any] = {}  # in the order of the buckets
         # [second the bucket's entries expire, how many], oldest first
         self._buckets: deque[list[int]] = deque()
-        self._shared: dict[int, int] = {}  # packed outcome -> the one int object for it
+        self._shared: dict[int, Any] = {}  # packed outcome -> the one int object for it
         self.retention = retention
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -105,7 +108,7 @@ class ReplyCache:
         if not outcomes:
             self._outcomes = {}  # a dict does not shrink on deletes: let its table go
 
-    def _share(self, packed: int) -> int:
+    def _share(self, packed: int) -> Any:
         shared = self._shared
         if len(shared) >= _SHARED_MAX:
             shared.clear()  # sharing starts over; kept entries keep their ints

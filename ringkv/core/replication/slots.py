@@ -88,7 +88,7 @@ class SlotState:
 _WHOLE = (False, False, False)  # SlotTable.facts of a slot never touched
 
 
-class InvariantError(AssertionError):
+class InvariantError(Exception):
     """A slot's state broke one of the rules in check_invariants."""
 
 
