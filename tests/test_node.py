@@ -21,6 +21,7 @@ from ringkv.wire.codec import (
     encode_request,
 )
 from ringkv.wire.kv_pb2 import KVRequest
+from ringkv.wire.seal import Channel, Keyring, Refused, Sealer
 
 CLIENT = ("127.0.0.1", 5555)
 _ids = itertools.count()
@@ -246,3 +247,26 @@ def test_the_reply_cache_is_bounded_in_bytes_whatever_the_message_ids_length() -
     assert cache.get((0).to_bytes(4, "big") * 2500) is None
     cache.expire(100.0)
     assert len(cache) == 0 and cache.bytes == 0
+
+
+def test_what_a_wake_up_sends_one_member_leaves_as_one_sealed_datagram() -> None:
+    servers = tuple(("127.0.0.1", 43100 + i) for i in range(3))
+    keyring = Keyring.generate()
+    node = Node(NodeConfig(servers=servers, replicas=1, keyring=keyring, boot=1))
+    elsewhere = [
+        k for k in (b"key-%d" % i for i in range(200)) if node.replication.view.locate(k)[1] == (1,)
+    ][:3]
+    for key in elsewhere:  # GETs for keys that node 1 alone keeps: each is forwarded
+        node.take(encode_request(next(_ids).to_bytes(16, "big"), Command.GET, key), CLIENT, 1.0)
+    sends = node.flush()
+    assert [dest for _, dest in sends] == [servers[1]]
+    opened = Sealer(keyring, 1, 1).open(sends[0][0], Channel.DATA)
+    assert not isinstance(opened, Refused) and opened[0] == 0
+    forwards = peer.unpack(opened[1])
+    assert [peer.decode(f, peer.PeerLimits(3, node.ring.slots)).request.key for f in forwards] == (
+        elsewhere
+    )
+    status = node.status(1.0)
+    assert status["datagrams_in"] == 3 and status["datagrams_out"] == 1
+    assert status["peer_sent"] == {"forward": 3} and status["replies"] == 0
+    assert node.flush() == []  # nothing left behind

@@ -207,3 +207,44 @@ def test_garbage_is_a_message_or_a_decode_error_never_a_crash(tail: bytes) -> No
             read(peer.MAGIC + bytes((kind,)) + tail)
         except PeerDecodeError:
             pass
+
+
+# -- BATCH: several messages to one node in one datagram ---------------------------------
+
+
+@given(sizes=st.lists(st.integers(3, 3000), min_size=1, max_size=40))
+def test_pack_keeps_every_message_in_order_within_the_limit(sizes: list[int]) -> None:
+    messages = [peer.MAGIC + bytes((peer.ACK,)) + bytes(size - 3) for size in sizes]
+    datagrams = peer.pack(messages, limit=4096)
+    unpacked = [m for d in datagrams for m in (peer.unpack(d) if peer.is_batch(d) else [d])]
+    assert unpacked == messages
+    # Over the limit only where one message alone is.
+    assert all(len(d) <= 4096 or not peer.is_batch(d) for d in datagrams)
+
+
+def test_a_single_message_travels_as_it_is() -> None:
+    ack = peer.encode_ack(b"m" * 16)
+    assert peer.pack([ack]) == [ack]
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        lambda d: d[:-1],  # truncated
+        lambda d: d + b"\0",  # longer than its parts
+        lambda d: d[:3] + b"\x00\x03" + d[5:],  # counts more parts than it has
+        lambda d: d[:5] + b"\x00\x02zz" + d[5:],  # a part that is not a peer message
+        lambda d: d[:3] + b"\x00\x01" + len(d).to_bytes(2, "big") + d,  # a BATCH inside it
+    ],
+)
+def test_malformed_batches_are_refused(cut: object) -> None:
+    batch = peer.pack([peer.encode_ack(b"a" * 16), peer.encode_ack(b"b" * 16)])[0]
+    assert peer.is_batch(batch) and len(peer.unpack(batch)) == 2
+    with pytest.raises(PeerDecodeError):
+        peer.unpack(cut(batch))  # type: ignore[operator]
+
+
+def test_a_batch_is_not_itself_a_message() -> None:
+    batch = peer.pack([peer.encode_ack(b"a" * 16), peer.encode_ack(b"b" * 16)])[0]
+    with pytest.raises(PeerDecodeError):
+        read(batch)

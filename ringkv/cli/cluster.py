@@ -309,7 +309,27 @@ def status_table(
             *row, str(status.get("count", "")), str(status.get("keys", "")), held,
             str(moving), f"{rate:,.0f}", note,
         )  # fmt: skip
+    cost = datagrams_per_request(statuses, previous)
+    if cost is not None:
+        table.caption = f"datagrams per client request: {cost:.2f}"
     return table
+
+
+def datagrams_per_request(
+    statuses: dict[int, dict[str, Any]], previous: dict[int, dict[str, Any]] | None = None
+) -> float | None:
+    """Every datagram a client request costs on the data port: the request itself,
+    plus all the nodes send (replies and peer datagrams), per request received.
+
+    Since `previous` (the same nodes' earlier statuses) if given, else since the
+    nodes started; None before any request.
+    """
+    requests = sent = 0
+    for index, status in statuses.items():
+        before = (previous or {}).get(index, {})
+        requests += status.get("requests", 0) - before.get("requests", 0)
+        sent += status.get("datagrams_out", 0) - before.get("datagrams_out", 0)
+    return (requests + sent) / requests if requests > 0 else None
 
 
 def _cluster_view(index: int, views: list[str]) -> str:
