@@ -1,15 +1,18 @@
 """The work one node of 10 does per message, for counting instructions.
 
-    python scripts/hot_path.py OPS KIND     KIND: get | put | forward | replicate
+    python scripts/hot_path.py OPS KIND [--time]     KIND: get | put | forward | replicate
 
 get: a GET it answers as the key's tail; put: a PUT it leads as head, and the
 ACK that ends it; forward: a GET it passes on as a front end outside the
 chain; replicate: a REPLICATE it applies and passes on as a middle member,
 and its ACK. Works on older commits too (run it with PYTHONPATH=THAT_TREE).
-scripts/instructions.sh turns it into instructions per message (callgrind).
+scripts/instructions.sh turns it into instructions per message (callgrind);
+--time prints the microseconds per message instead (PYTHONPATH=build/native for
+the native build).
 """
 
 import sys
+import time
 
 from ringkv.core.node import Node, NodeConfig
 from ringkv.wire import peer
@@ -68,5 +71,8 @@ else:
         w = W(b"r%015d" % i, client, 0, k, b"v" * 500, 1, (i + 1) << 12 | c[0], (c[0],), c)
         msgs.append((peer.encode_replicate(w), servers[c[0]]))
         msgs.append((peer.encode_ack(b"r%015d" % i), servers[c[2]]))
+began = time.perf_counter()
 for data, src in msgs:
     node.on_datagram(data, src, 1.0)
+if "--time" in sys.argv[3:]:
+    print(f"{kind} {1e6 * (time.perf_counter() - began) / max(ops, 1):.1f} us per message")

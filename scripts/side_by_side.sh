@@ -54,7 +54,7 @@ for name, key in [("throughput_req_s", "throughput"), ("latency_p50_ms", "p50_ms
     "$KVLOAD" "${target[@]}" -c "$CLIENTS" -d "$SECONDS_" -w 2 -v 500 > "$dir/out.txt"
   fi
   (cd "$dir" && PYTHONPATH="$tree" "$PY" -m ringkv cluster down >/dev/null)
-  sleep 2
+  sleep $((NODES > 10 ? 6 : 2))  # every port free again
   awk -F': ' -v l="$label" '{v[$1]=$2}
     END {printf "%s %s req/s p50 %s ms p99 %s ms timeouts %s\n", l, v["throughput_req_s"],
          v["latency_p50_ms"], v["latency_p99_ms"], v["timeouts"]}' "$dir/out.txt"

@@ -8,7 +8,14 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner
 
-from ringkv.check.bench import BenchConfig, BenchResult, run_bench, split_clients
+from ringkv.check.bench import (
+    BenchConfig,
+    BenchResult,
+    WorkerResult,
+    merge,
+    run_bench,
+    split_clients,
+)
 from ringkv.cli import main
 from ringkv.client.local import LocalNode, free_udp_port, local_node
 
@@ -49,6 +56,17 @@ def test_cli_compare_echo_json(node: LocalNode) -> None:
     assert_sane(figures["echo"])
     assert_sane(figures["node"])
     assert figures["node_to_echo"] > 0
+    assert 0 < figures["echo"]["client_cpu_pct"] <= 110  # measured, one core at most (+ slack)
+    assert figures["echo_client_bound"] == (figures["echo"]["client_cpu_pct"] >= 90)
+
+
+def test_the_busiest_worker_says_whether_the_bench_set_the_pace() -> None:
+    config = BenchConfig(servers=(("127.0.0.1", 1),), procs=2)
+    idle = WorkerResult(answered=10, elapsed=2.0, cpu=0.5)
+    busy = WorkerResult(answered=10, elapsed=2.0, cpu=1.9)
+    assert merge(config, [idle, busy]).client_cpu_pct == 95.0
+    assert merge(config, [idle, busy]).client_bound
+    assert not merge(config, [idle, idle]).client_bound
 
 
 def test_cli_echo_server_human_output() -> None:

@@ -84,6 +84,7 @@ class WorkerResult:
     errors: dict[int, int] = field(default_factory=dict)
     latencies: array[float] = field(default_factory=lambda: array("d"))
     elapsed: float = 0.0
+    cpu: float = 0.0  # seconds of CPU the worker process spent meanwhile
 
 
 @dataclass
@@ -108,6 +109,13 @@ class BenchResult:
     retries: int
     errors: dict[str, int]
     mismatches: int
+    # The busiest worker process's CPU over the run, in % of one core: near 100,
+    # the bench's own client set the pace, and the figures are its ceiling.
+    client_cpu_pct: float = 0.0
+
+    @property
+    def client_bound(self) -> bool:
+        return self.client_cpu_pct >= CLIENT_BOUND_PCT
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -308,6 +316,7 @@ async def _drive(worker: _Worker, clients: list[_Client], progress: Any, slot: i
     for client in clients:
         await loop.create_datagram_endpoint(_itself(client), sock=client.sock)
     start = time.perf_counter()
+    cpu_start = time.process_time()
     end = start + worker.config.duration
     for client in clients:
         client.send_next()
@@ -320,13 +329,16 @@ async def _drive(worker: _Worker, clients: list[_Client], progress: Any, slot: i
         await asyncio.sleep(min(SWEEP_INTERVAL, end - now))
     worker.stopping = True
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu_start
     for client in clients:
         client.transport.close()
-    return _collect(worker, clients, elapsed)
+    return _collect(worker, clients, elapsed, cpu)
 
 
-def _collect(worker: _Worker, clients: list[_Client], elapsed: float) -> WorkerResult:
-    result = WorkerResult(latencies=worker.latencies, elapsed=elapsed)
+def _collect(
+    worker: _Worker, clients: list[_Client], elapsed: float, cpu: float = 0.0
+) -> WorkerResult:
+    result = WorkerResult(latencies=worker.latencies, elapsed=elapsed, cpu=cpu)
     for c in clients:
         result.answered += c.answered
         result.timeouts += c.timeouts
@@ -492,6 +504,9 @@ def merge(config: BenchConfig, results: list[WorkerResult]) -> BenchResult:
         retries=sum(r.retries for r in results),
         errors={str(err): errors[err] for err in sorted(errors)},
         mismatches=sum(r.mismatches for r in results),
+        client_cpu_pct=round(
+            max((100 * r.cpu / r.elapsed for r in results if r.elapsed), default=0.0), 1
+        ),
     )
 
 
@@ -547,8 +562,18 @@ def describe(result: BenchResult) -> str:
             f"{result.retries:,} retries",
             f"error codes  {errors}",
             f"mismatches   {result.mismatches:,}",
+            f"client CPU   {result.client_cpu_pct:g} % of a core (busiest worker)"
+            + (
+                "  -- the bench's client set the pace: measure with kvload"
+                if result.client_bound
+                else ""
+            ),
         ]
     )
+
+
+# A worker this busy is the bottleneck: the target may have more to give.
+CLIENT_BOUND_PCT = 90.0
 
 
 def ratio(node: BenchResult, echo: BenchResult) -> float:
