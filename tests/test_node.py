@@ -270,3 +270,42 @@ def test_what_a_wake_up_sends_one_member_leaves_as_one_sealed_datagram() -> None
     assert status["datagrams_in"] == 3 and status["datagrams_out"] == 1
     assert status["peer_sent"] == {"forward": 3} and status["replies"] == 0
     assert node.flush() == []  # nothing left behind
+
+
+def test_the_tail_acknowledges_writes_together_on_a_datagram_going_that_way_or_the_tick() -> None:
+    servers = tuple(("127.0.0.1", 43100 + i) for i in range(3))
+    tail = Node(NodeConfig(servers=servers, self_index=2))
+    limits = peer.PeerLimits(3, tail.ring.slots)
+    keys = [
+        k
+        for k in (b"key-%d" % i for i in range(300))
+        if tail.replication.view.locate(k)[1][-1] == 2
+    ]
+    head, middle = tail.replication.view.locate(keys[0])[1][:2]
+    writes = [
+        peer.Write(
+            b"w%d" % i, CLIENT, 0, key, b"v", 0, (1_000_000 + i) << 12 | head, (head, middle), ()
+        )
+        for i, key in enumerate(keys[:3])
+    ]
+    replies = []
+    for write in writes[:2]:
+        sends = tail.on_datagram(peer.encode_replicate(write), servers[middle], 1.0)
+        assert [dest for _, dest in sends] == [CLIENT]  # the client's answer; no ACK yet
+        replies.append(sends[0])
+    outbox = tail.on_tick(1.1)  # with the start-up pull's requests
+    acks = {
+        dest: message
+        for data, dest in outbox.data
+        for part in (peer.unpack(data) if peer.is_batch(data) else [data])
+        if isinstance(message := peer.decode(part, limits), peer.Ack)
+    }
+    assert acks == {servers[m]: peer.Ack((b"w0", b"w1")) for m in (head, middle)}
+    # A datagram going to the head anyway carries the next ACK with it.
+    tail.take(peer.encode_replicate(writes[2]), servers[middle], 1.2)
+    elsewhere = next(k for k in keys if tail.replication.view.locate(k)[1][0] == head)
+    tail.take(encode_request(b"put-elsewhere", Command.PUT, elsewhere, b"v"), CLIENT, 1.2)
+    to_head = [data for data, dest in tail.flush() if dest == servers[head]]
+    assert len(to_head) == 1 and peer.is_batch(to_head[0])
+    kinds = [peer.decode(m, limits) for m in peer.unpack(to_head[0])]
+    assert isinstance(kinds[0], peer.Forward) and kinds[1] == peer.Ack((b"w2",))

@@ -196,7 +196,7 @@ def test_sync_done_with_a_torn_slot_list_is_a_decode_error() -> None:
 
 
 def test_ack_and_status_request_carry_their_bytes() -> None:
-    assert read(peer.encode_ack(b"id-1")) == Ack(b"id-1")
+    assert read(peer.encode_ack(b"id-1")) == Ack((b"id-1",))
     assert read(peer.encode_status_request(b"tok")) == StatusRequest(b"tok")
 
 
@@ -248,3 +248,25 @@ def test_a_batch_is_not_itself_a_message() -> None:
     batch = peer.pack([peer.encode_ack(b"a" * 16), peer.encode_ack(b"b" * 16)])[0]
     with pytest.raises(PeerDecodeError):
         read(batch)
+
+
+@given(ids=st.lists(st.binary(min_size=1, max_size=600), min_size=1, max_size=60))
+def test_acks_carry_every_message_id_in_messages_within_the_limit(ids: list[bytes]) -> None:
+    messages = peer.encode_acks(ids, limit=2048)
+    decoded = [read(m) for m in messages]
+    assert [i for ack in decoded for i in ack.message_ids] == ids  # type: ignore[union-attr]
+    assert all(len(m) <= 2048 for m in messages if len(read(m).message_ids) > 1)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        peer.MAGIC + bytes((peer.ACK,)),  # of no write
+        peer.MAGIC + bytes((peer.ACK,)) + b"\x00",  # a cut length
+        peer.MAGIC + bytes((peer.ACK,)) + b"\x00\x05abc",  # an ID shorter than it says
+        peer.MAGIC + bytes((peer.ACK,)) + b"\x00\x00",  # an empty ID
+    ],
+)
+def test_malformed_acks_are_refused(data: bytes) -> None:
+    with pytest.raises(PeerDecodeError):
+        read(data)

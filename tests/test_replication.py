@@ -968,7 +968,7 @@ def test_a_member_reading_for_the_tail_exposes_no_write_the_tail_lacks() -> None
         b"put", put, encode_request(b"put", Command.PUT, key, b"new"), client, 0, 1.0
     )
     assert read(b"during") == []  # the write is on its way down: no answer
-    node.writes.on_ack(Ack(b"put"), ("x", 1), 1.0)
+    node.writes.on_ack(Ack((b"put",)), ("x", 1), 1.0)
     assert len(read(b"after")) == 1
 
 

@@ -310,6 +310,10 @@ class Node:
                 by_member[index] = [payload]
             else:
                 messages.append(payload)
+        if by_member:  # waiting ACKs ride along to members that get a datagram anyway
+            for ack, dest in self.replication.writes.take_acks(by_member):
+                counts[ack[2]] += 1
+                by_member[index_of[dest]].append(ack)
         stats.replies += len(out)
         servers, sealer = self.config.servers, self._sealer
         for index, messages in by_member.items():

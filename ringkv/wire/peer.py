@@ -129,9 +129,9 @@ class StatusRequest(NamedTuple):
 
 
 class Ack(NamedTuple):
-    """The tail has a write: its sender may forget it."""
+    """The tail has these writes: their senders may forget them."""
 
-    message_id: bytes
+    message_ids: tuple[bytes, ...]
 
 
 class SyncRequest(NamedTuple):
@@ -364,11 +364,43 @@ def _decode_replicate(data: bytes, limits: PeerLimits) -> Write:
 
 
 def encode_ack(message_id: bytes) -> bytes:
-    return MAGIC + bytes((ACK,)) + message_id
+    return encode_acks([message_id])[0]
+
+
+def encode_acks(message_ids: Sequence[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
+    """ACKs of these writes, as few messages as `limit` bytes allow."""
+    head = MAGIC + bytes((ACK,))
+    messages: list[bytes] = []
+    parts = [head]
+    size = len(head)
+    for message_id in message_ids:
+        cost = _PART_LENGTH.size + len(message_id)
+        if len(parts) > 1 and size + cost > limit:
+            messages.append(b"".join(parts))
+            parts, size = [head], len(head)
+        parts.append(_PART_LENGTH.pack(len(message_id)))
+        parts.append(message_id)
+        size += cost
+    messages.append(b"".join(parts))
+    return messages
 
 
 def _decode_ack(data: bytes, limits: PeerLimits) -> Ack:
-    return Ack(data[3:])
+    message_ids: list[bytes] = []
+    pos, end = 3, len(data)
+    while pos < end:
+        if pos + _PART_LENGTH.size > end:
+            raise PeerDecodeError("truncated ACK")
+        (length,) = _PART_LENGTH.unpack_from(data, pos)
+        pos += _PART_LENGTH.size
+        message_id = data[pos : pos + length]
+        if not message_id or len(message_id) != length:
+            raise PeerDecodeError("truncated ACK")
+        message_ids.append(message_id)
+        pos += length
+    if not message_ids:
+        raise PeerDecodeError("an ACK of no write")
+    return Ack(tuple(message_ids))
 
 
 # -- key transfer ----------------------------------------------------------------

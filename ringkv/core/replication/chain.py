@@ -19,6 +19,7 @@ long as hosts' clocks agree to better than the failure-detection time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ringkv.core.replication.config import ReplicationConfig
@@ -67,6 +68,9 @@ class ChainWrites:
         # Writes handed to a neighbour while unsynced: message ID -> (node, until when).
         # The neighbour holds their outcome; this node's pull does not bring it.
         self.handed_on: dict[bytes, tuple[int, float]] = {}
+        # As the tail: writes to acknowledge, by member of their path. They leave
+        # together, with the next datagram to that member or the next tick.
+        self._acks: dict[int, list[bytes]] = {}
 
     # -- leading ------------------------------------------------------------------
 
@@ -165,12 +169,32 @@ class ChainWrites:
         return [(peer.encode_replicate(write, path, chain), self.servers[successor])]
 
     def _finish(self, write: Write, path: tuple[int, ...]) -> list[Send]:
-        """The tail: the write is on every member; answer the client, tell the path."""
-        self._pending.pop(write.message_id, None)
-        sends: list[Send] = [(encode_response(write.message_id, write.err), write.client)]
-        ack = peer.encode_ack(write.message_id)
-        index = self.view.index
-        sends.extend((ack, self.servers[m]) for m in path if m != index)
+        """The tail: the write is on every member; answer the client, and tell the
+        path (soon: see take_acks)."""
+        message_id = write.message_id
+        self._pending.pop(message_id, None)
+        index, acks = self.view.index, self._acks
+        for member in path:
+            if member != index:
+                waiting = acks.get(member)
+                if waiting is None:
+                    acks[member] = [message_id]
+                else:
+                    waiting.append(message_id)
+        return [(encode_response(message_id, write.err), write.client)]
+
+    def take_acks(self, members: Iterable[int] | None = None) -> list[Send]:
+        """The ACKs waiting for these members (None: all of them), one message each
+        where they fit. A member's predecessors resend a write only after
+        `resend_after`, so an ACK may wait for a datagram going that way anyway,
+        or for the next tick."""
+        acks = self._acks
+        if not acks:
+            return []
+        sends: list[Send] = []
+        for member in list(acks) if members is None else [m for m in members if m in acks]:
+            dest = self.servers[member]
+            sends.extend((ack, dest) for ack in peer.encode_acks(acks.pop(member)))
         return sends
 
     def _write_chain(self, slot: int, now: float) -> tuple[int, ...]:
@@ -194,7 +218,9 @@ class ChainWrites:
         return (*chain, *extra) if extra else chain
 
     def on_ack(self, ack: Ack, src: Addr, now: float) -> list[Send]:
-        self._pending.pop(ack.message_id, None)
+        pending = self._pending
+        for message_id in ack.message_ids:
+            pending.pop(message_id, None)
         return []
 
     def in_flight(self, key: bytes) -> bool:
@@ -209,14 +235,14 @@ class ChainWrites:
             self._former_views.append((now + self.config.linger, old_alive))
 
     def has_timers(self) -> bool:
-        return bool(self._pending or self.handed_on)
+        return bool(self._pending or self.handed_on or self._acks)
 
     def on_tick(self, now: float) -> list[Send]:
         if self.handed_on:
             for message_id, (_, until) in list(self.handed_on.items()):
                 if until <= now:
                     del self.handed_on[message_id]
-        sends: list[Send] = []
+        sends = self.take_acks()
         config = self.config
         for message_id, pending in list(self._pending.items()):
             if now - pending.since > config.give_up_after:
