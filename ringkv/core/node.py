@@ -318,7 +318,7 @@ class Node:
         servers, sealer = self.config.servers, self._sealer
         for index, messages in by_member.items():
             dest = servers[index]
-            for datagram in peer.pack(messages) if len(messages) > 1 else messages:
+            for datagram in peer.pack(messages):
                 if sealer is not None:
                     datagram = sealer.seal(datagram, index, Channel.DATA)
                 out.append((datagram, dest))

@@ -66,6 +66,7 @@ SYNC_BATCH_BYTES = 30_000
 BATCH_BYTES = 8_192
 _BATCH_HEAD = struct.Struct("!2sBH")  # magic, kind, message count
 _PART_LENGTH = struct.Struct("!H")
+_ACK_HEAD = MAGIC + bytes((ACK,))
 _FORWARD_HEAD = struct.Struct("!2sBBHB")  # magic, kind, hops, client port, host length
 _KEY_COMMANDS = frozenset((Command.PUT, Command.GET, Command.REMOVE))
 
@@ -187,28 +188,10 @@ def pack(messages: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
     (one message alone goes as it is)."""
     if len(messages) == 1:
         return messages
-    datagrams: list[bytes] = []
-    group: list[bytes] = []
-    size = _BATCH_HEAD.size
-    for message in messages:
-        cost = _PART_LENGTH.size + len(message)
-        if group and size + cost > limit:
-            datagrams.append(_batch_of(group))
-            group, size = [], _BATCH_HEAD.size
-        group.append(message)
-        size += cost
-    datagrams.append(_batch_of(group))
-    return datagrams
-
-
-def _batch_of(group: list[bytes]) -> bytes:
-    if len(group) == 1:
-        return group[0]
-    parts = [_BATCH_HEAD.pack(MAGIC, BATCH, len(group))]
-    for message in group:
-        parts.append(_PART_LENGTH.pack(len(message)))
-        parts.append(message)
-    return b"".join(parts)
+    return [
+        group[0] if len(group) == 1 else _framed(_BATCH_HEAD.pack(MAGIC, BATCH, len(group)), group)
+        for group in _groups(messages, _BATCH_HEAD.size, limit)
+    ]
 
 
 def is_batch(data: bytes) -> bool:
@@ -222,23 +205,60 @@ def unpack(data: bytes) -> list[bytes]:
         _, _, count = _BATCH_HEAD.unpack_from(data)
     except struct.error as exc:
         raise PeerDecodeError("truncated BATCH") from exc
-    messages: list[bytes] = []
-    pos, end = _BATCH_HEAD.size, len(data)
-    for _ in range(count):
-        if pos + _PART_LENGTH.size > end:
-            raise PeerDecodeError("truncated BATCH")
-        (length,) = _PART_LENGTH.unpack_from(data, pos)
-        pos += _PART_LENGTH.size
-        message = data[pos : pos + length]
-        pos += length
-        if len(message) != length or length < 3 or message[:2] != MAGIC:
+    messages = _parts(data, _BATCH_HEAD.size, "BATCH")
+    if len(messages) != count:
+        raise PeerDecodeError("a BATCH with other than the parts it counts")
+    for message in messages:
+        if len(message) < 3 or message[:2] != MAGIC:
             raise PeerDecodeError("a BATCH part that is not a peer message")
         if message[2] == BATCH:
             raise PeerDecodeError("a BATCH inside a BATCH")
-        messages.append(message)
-    if pos != end:
-        raise PeerDecodeError("a BATCH longer than its parts")
     return messages
+
+
+# -- length-prefixed parts (BATCH, ACK) --------------------------------------------
+
+
+def _groups(items: Sequence[bytes], head: int, limit: int) -> list[list[bytes]]:
+    """Items in order, in groups that framed after a `head`-byte header fit in
+    `limit` bytes (an item too large for that alone makes a group of one)."""
+    groups: list[list[bytes]] = []
+    group: list[bytes] = []
+    size = head
+    for item in items:
+        cost = _PART_LENGTH.size + len(item)
+        if group and size + cost > limit:
+            groups.append(group)
+            group, size = [], head
+        group.append(item)
+        size += cost
+    groups.append(group)
+    return groups
+
+
+def _framed(head: bytes, items: list[bytes]) -> bytes:
+    parts = [head]
+    for item in items:
+        parts.append(_PART_LENGTH.pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def _parts(data: bytes, pos: int, what: str) -> list[bytes]:
+    """The length-prefixed parts from `pos` to the end of `data`; or PeerDecodeError."""
+    parts: list[bytes] = []
+    end = len(data)
+    while pos < end:
+        if pos + _PART_LENGTH.size > end:
+            raise PeerDecodeError(f"truncated {what}")
+        (length,) = _PART_LENGTH.unpack_from(data, pos)
+        pos += _PART_LENGTH.size
+        part = data[pos : pos + length]
+        if len(part) != length:
+            raise PeerDecodeError(f"truncated {what}")
+        parts.append(part)
+        pos += length
+    return parts
 
 
 def encode_forward(client: Addr, datagram: bytes, hops: int = 1) -> bytes:
@@ -369,36 +389,12 @@ def encode_ack(message_id: bytes) -> bytes:
 
 def encode_acks(message_ids: Sequence[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
     """ACKs of these writes, as few messages as `limit` bytes allow."""
-    head = MAGIC + bytes((ACK,))
-    messages: list[bytes] = []
-    parts = [head]
-    size = len(head)
-    for message_id in message_ids:
-        cost = _PART_LENGTH.size + len(message_id)
-        if len(parts) > 1 and size + cost > limit:
-            messages.append(b"".join(parts))
-            parts, size = [head], len(head)
-        parts.append(_PART_LENGTH.pack(len(message_id)))
-        parts.append(message_id)
-        size += cost
-    messages.append(b"".join(parts))
-    return messages
+    return [_framed(_ACK_HEAD, group) for group in _groups(message_ids, len(_ACK_HEAD), limit)]
 
 
 def _decode_ack(data: bytes, limits: PeerLimits) -> Ack:
-    message_ids: list[bytes] = []
-    pos, end = 3, len(data)
-    while pos < end:
-        if pos + _PART_LENGTH.size > end:
-            raise PeerDecodeError("truncated ACK")
-        (length,) = _PART_LENGTH.unpack_from(data, pos)
-        pos += _PART_LENGTH.size
-        message_id = data[pos : pos + length]
-        if not message_id or len(message_id) != length:
-            raise PeerDecodeError("truncated ACK")
-        message_ids.append(message_id)
-        pos += length
-    if not message_ids:
+    message_ids = _parts(data, len(_ACK_HEAD), "ACK")
+    if not message_ids or not all(message_ids):
         raise PeerDecodeError("an ACK of no write")
     return Ack(tuple(message_ids))
 
