@@ -184,7 +184,47 @@ def test_request_that_waited_past_every_retry_is_dropped() -> None:
     assert node.on_datagram(data, CLIENT, 100.0, age=5.0) == []
     assert node.stats.stale == 1
     assert call(node, Command.GET, b"k").errCode == Err.NO_KEY  # the stale PUT never ran
-    assert node.on_datagram(data, CLIENT, 100.0, age=0.2)  # a fresh one is served
+    assert node.on_datagram(data, CLIENT, 100.0, age=0.1)  # a fresh one is served
+
+
+def _reply(sends: list[tuple[bytes, tuple[str, int]]]) -> KVResponse:
+    assert len(sends) == 1 and sends[0][1] == CLIENT
+    return decode_response(decode_msg(sends[0][0])[1])
+
+
+def test_request_that_waited_past_shed_age_is_answered_overload_and_not_executed() -> None:
+    node = new_node()
+    data = encode_request(b"o" * 16, Command.PUT, b"k", b"v")
+    reply = _reply(node.on_datagram(data, CLIENT, 0.0, age=0.4))
+    assert (reply.errCode, reply.overloadWaitTime) == (Err.OVERLOAD, 400)
+    assert node.stats.shed == 1 and node.status(0.0)["shed"] == 1
+    assert call(node, Command.GET, b"k").errCode == Err.NO_KEY  # never executed
+    # The wait follows the time queued, within bounds.
+    assert _reply(node.on_datagram(data, CLIENT, 0.0, age=0.26)).overloadWaitTime == 260
+    late = _reply(node.on_datagram(data, CLIENT, 0.0, age=0.99))
+    assert late.overloadWaitTime == 990
+    # Not cached: the client's retry after the wait is executed.
+    assert _reply(node.on_datagram(data, CLIENT, 1.0)).errCode == Err.OK
+    assert call(node, Command.GET, b"k").value == b"v"
+
+
+def test_aged_retry_of_an_executed_write_gets_its_outcome_not_overload() -> None:
+    node = new_node()
+    data = encode_request(b"r" * 16, Command.REMOVE, b"absent")
+    assert _reply(node.on_datagram(data, CLIENT, 0.0)).errCode == Err.NO_KEY
+    assert _reply(node.on_datagram(data, CLIENT, 0.0, age=0.5)).errCode == Err.NO_KEY
+    assert node.stats.shed == 1
+
+
+def test_aged_forward_is_answered_overload_to_its_client() -> None:
+    servers = (("127.0.0.1", 43100), ("127.0.0.1", 43101))
+    node = Node(NodeConfig(servers=servers, pid=4242))
+    datagram = encode_request(b"f" * 16, Command.PUT, b"k", b"v")
+    forward = peer.encode_forward(CLIENT, datagram, hops=1)
+    reply = _reply(node.on_datagram(forward, servers[1], 0.0, age=0.3))
+    assert reply.errCode == Err.OVERLOAD and node.stats.shed == 1
+    assert node.on_datagram(forward, servers[1], 0.0, age=1.5) == []  # past every retry
+    assert node.stats.stale == 1 and len(node.storage) == 0
 
 
 def _two_nodes() -> Node:

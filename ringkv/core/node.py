@@ -39,6 +39,16 @@ _RESTRICTED = frozenset((Command.WIPEOUT, Command.SHUTDOWN))  # see NodeConfig.a
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The reference client gives up after 0.7 s (100 + 200 + 400 ms).
 STALE_REQUEST_AGE = 1.0
+# A client request that waited this long in the kernel's queue finds the node
+# overloaded (its client has already sent it again): it is answered from the
+# reply cache, or with OVERLOAD, without being executed, so that the queue
+# drains at the cost of a reply rather than of a request. The signal is the
+# time spent queued, as in CoDel, not the queue's length: it needs no tuning
+# to the node's speed.
+SHED_AGE = 0.25
+# OVERLOAD asks the client to wait about as long as its request waited, within these.
+MIN_OVERLOAD_WAIT_MS = 50
+MAX_OVERLOAD_WAIT_MS = 1000
 # Seconds between the ticks a driver (runtime or simulator) gives a node; it may
 # skip those before next_due(). Membership times acks to about this.
 TICK_INTERVAL = 0.1
@@ -79,6 +89,7 @@ class NodeStats:
     forwarded: int = 0
     dropped: int = 0
     stale: int = 0
+    shed: int = 0  # aged client requests answered from the reply cache or with OVERLOAD
     gossip_sent: int = 0
     unauthenticated: int = 0  # peer or gossip datagrams refused: not sealed, forged, replayed
     refused_admin: int = 0  # WIPEOUT or SHUTDOWN from a client outside admin_from
@@ -146,6 +157,7 @@ class Node:
         request that waited longer than any client retries (it was queued while
         this process was stopped) is dropped: executing it now could overwrite
         writes acknowledged since, or run again once its reply was forgotten.
+        One that waited past SHED_AGE is answered without being executed.
         """
         self.stats.datagrams_in += 1
         if self._sealer is not None:
@@ -185,7 +197,19 @@ class Node:
             self.stats.dropped += 1
             return []
         self.stats.requests += 1
+        if age > SHED_AGE:
+            return self._shed(message_id, src, age)
         return self._on_request(message_id, request, data, src, now)
+
+    def _shed(self, message_id: bytes, client: Addr, age: float) -> list[Send]:
+        """A client request that waited past SHED_AGE: its outcome if this node
+        has one (a retry of a write it led), else OVERLOAD; never executed."""
+        self.stats.shed += 1
+        done = self.replies.get(message_id)
+        if done is not None:
+            return [(encode_response(message_id, done), client)]
+        wait = min(max(int(age * 1000), MIN_OVERLOAD_WAIT_MS), MAX_OVERLOAD_WAIT_MS)
+        return [(encode_response(message_id, Err.OVERLOAD, overload_wait_ms=wait), client)]
 
     def on_gossip(self, data: bytes, src: Addr, now: float) -> list[Send]:
         """A datagram on the gossip port (membership)."""
@@ -363,6 +387,7 @@ class Node:
             "forwarded": self.stats.forwarded,
             "dropped": self.stats.dropped,
             "stale": self.stats.stale,
+            "shed": self.stats.shed,
             "gossip_sent": self.stats.gossip_sent,
             "unauthenticated": self.stats.unauthenticated,
             "refused_admin": self.stats.refused_admin,
@@ -409,9 +434,11 @@ class Node:
         if self.membership is None and type(message) is not StatusRequest:
             self.stats.unauthenticated += 1  # a one-node cluster has no peers to believe
             return []
-        if age > STALE_REQUEST_AGE and type(message) is Forward:
-            self.stats.stale += 1  # a client request all the same
-            return []
+        if age > SHED_AGE and type(message) is Forward:  # a client request all the same
+            if age > STALE_REQUEST_AGE:
+                self.stats.stale += 1
+                return []
+            return self._shed(message.message_id, message.client, age)
         return self._peer_handlers[type(message)](message, src, now)
 
     def _handlers_by_type(self) -> dict[type, Callable[[Any, Addr, float], list[Send]]]:
