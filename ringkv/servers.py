@@ -1,7 +1,9 @@
 """Server lists: `servers.txt` holds one `host:port` a line, the same file on every node.
 
-Each node also listens on `port + GOSSIP_PORT_OFFSET` for membership traffic,
-so that gossip never queues behind a flood of client requests.
+Each node also listens on `port + GOSSIP_PORT_OFFSET` for membership traffic
+and on `port + PEER_PORT_OFFSET` for the rest of node-to-node traffic
+(replication, forwards, transfers), so that neither queues behind a flood of
+client requests: the data port itself is for clients and tools.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from ringkv.wire import Addr
 
 GOSSIP_PORT_OFFSET = 1000
+PEER_PORT_OFFSET = 2000
 
 
 class ServerListError(ValueError):
@@ -46,7 +49,30 @@ def parse_servers(text: str) -> list[Addr]:
         servers.append(addr)
     if not servers:
         raise ServerListError("the server list is empty")
+    _check_derived_ports(servers)
     return servers
+
+
+def _check_derived_ports(servers: list[Addr]) -> None:
+    """Each server's gossip and peer ports exist and are no other server's port."""
+    taken: dict[Addr, str] = {}
+    for host, port in servers:
+        if port + PEER_PORT_OFFSET > 65535:
+            raise ServerListError(
+                f"{host}:{port}: its peer port {port + PEER_PORT_OFFSET} is out of range"
+                f" (ports above {65535 - PEER_PORT_OFFSET} leave no room for it)"
+            )
+        for offset, role in (
+            (0, "data"),
+            (GOSSIP_PORT_OFFSET, "gossip"),
+            (PEER_PORT_OFFSET, "peer"),
+        ):
+            addr = (host, port + offset)
+            if addr in taken:
+                raise ServerListError(
+                    f"{host}:{port + offset} is both {taken[addr]} and {host}:{port}'s {role} port"
+                )
+            taken[addr] = f"{host}:{port}'s {role} port"
 
 
 def load_servers(path: str | Path) -> list[Addr]:
@@ -62,3 +88,7 @@ def load_servers(path: str | Path) -> list[Addr]:
 
 def gossip_addr(addr: Addr) -> Addr:
     return addr[0], addr[1] + GOSSIP_PORT_OFFSET
+
+
+def peer_addr(addr: Addr) -> Addr:
+    return addr[0], addr[1] + PEER_PORT_OFFSET

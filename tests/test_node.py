@@ -11,6 +11,7 @@ from native import pure_python_only
 
 from ringkv.core.node import Node, NodeConfig
 from ringkv.core.replies import ReplyCache
+from ringkv.servers import peer_addr
 from ringkv.wire import peer
 from ringkv.wire.codec import (
     Command,
@@ -164,7 +165,7 @@ def test_peer_messages_naming_what_cannot_be_are_dropped_at_the_edge() -> None:
         peer.encode_replicate(peer.Write(b"w", CLIENT, 0, b"k", b"v", 0, 1, (7,))),
     ]
     for data in forged:
-        assert node.on_datagram(data, ("127.0.0.1", 43101), 0.0) == []
+        assert node.on_peer_datagram(data, ("127.0.0.1", 45101), 0.0) == []
     assert node.stats.dropped == len(forged)
     assert len(node.storage) == 0
 
@@ -221,9 +222,9 @@ def test_aged_forward_is_answered_overload_to_its_client() -> None:
     node = Node(NodeConfig(servers=servers, pid=4242))
     datagram = encode_request(b"f" * 16, Command.PUT, b"k", b"v")
     forward = peer.encode_forward(CLIENT, datagram, hops=1)
-    reply = _reply(node.on_datagram(forward, servers[1], 0.0, age=0.3))
+    reply = _reply(node.on_peer_datagram(forward, peer_addr(servers[1]), 0.0, age=0.3))
     assert reply.errCode == Err.OVERLOAD and node.stats.shed == 1
-    assert node.on_datagram(forward, servers[1], 0.0, age=1.5) == []  # past every retry
+    assert node.on_peer_datagram(forward, peer_addr(servers[1]), 0.0, age=1.5) == []
     assert node.stats.stale == 1 and len(node.storage) == 0
 
 
@@ -299,7 +300,7 @@ def test_what_a_wake_up_sends_one_member_leaves_as_one_sealed_datagram() -> None
     for key in elsewhere:  # GETs for keys that node 1 alone keeps: each is forwarded
         node.take(encode_request(next(_ids).to_bytes(16, "big"), Command.GET, key), CLIENT, 1.0)
     sends = node.flush()
-    assert [dest for _, dest in sends] == [servers[1]]
+    assert [dest for _, dest in sends] == [peer_addr(servers[1])]
     opened = Sealer(keyring, 1, 1).open(sends[0][0], Channel.DATA)
     assert not isinstance(opened, Refused) and opened[0] == 0
     forwards = peer.unpack(opened[1])
@@ -314,6 +315,7 @@ def test_what_a_wake_up_sends_one_member_leaves_as_one_sealed_datagram() -> None
 
 def test_the_tail_acknowledges_writes_together_on_a_datagram_going_that_way_or_the_tick() -> None:
     servers = tuple(("127.0.0.1", 43100 + i) for i in range(3))
+    peers = [peer_addr(addr) for addr in servers]
     tail = Node(NodeConfig(servers=servers, self_index=2))
     limits = peer.PeerLimits(3, tail.ring.slots)
     keys = [
@@ -330,7 +332,7 @@ def test_the_tail_acknowledges_writes_together_on_a_datagram_going_that_way_or_t
     ]
     replies = []
     for write in writes[:2]:
-        sends = tail.on_datagram(peer.encode_replicate(write), servers[middle], 1.0)
+        sends = tail.on_peer_datagram(peer.encode_replicate(write), peers[middle], 1.0)
         assert [dest for _, dest in sends] == [CLIENT]  # the client's answer; no ACK yet
         replies.append(sends[0])
     outbox = tail.on_tick(1.1)  # with the start-up pull's requests
@@ -340,12 +342,12 @@ def test_the_tail_acknowledges_writes_together_on_a_datagram_going_that_way_or_t
         for part in (peer.unpack(data) if peer.is_batch(data) else [data])
         if isinstance(message := peer.decode(part, limits), peer.Ack)
     }
-    assert acks == {servers[m]: peer.Ack((b"w0", b"w1")) for m in (head, middle)}
+    assert acks == {peers[m]: peer.Ack((b"w0", b"w1")) for m in (head, middle)}
     # A datagram going to the head anyway carries the next ACK with it.
-    tail.take(peer.encode_replicate(writes[2]), servers[middle], 1.2)
+    tail.take_peer(peer.encode_replicate(writes[2]), peers[middle], 1.2)
     elsewhere = next(k for k in keys if tail.replication.view.locate(k)[1][0] == head)
     tail.take(encode_request(b"put-elsewhere", Command.PUT, elsewhere, b"v"), CLIENT, 1.2)
-    to_head = [data for data, dest in tail.flush() if dest == servers[head]]
+    to_head = [data for data, dest in tail.flush() if dest == peers[head]]
     assert len(to_head) == 1 and peer.is_batch(to_head[0])
     kinds = [peer.decode(m, limits) for m in peer.unpack(to_head[0])]
     assert isinstance(kinds[0], peer.Forward) and kinds[1] == peer.Ack((b"w2",))

@@ -21,7 +21,7 @@ from ringkv.core.replication import NO_FLOOR, Phase, Replication, ReplicationCon
 from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
-from ringkv.servers import gossip_addr
+from ringkv.servers import gossip_addr, peer_addr
 from ringkv.sim.checker import check
 from ringkv.sim.clients import Batch, ClientGroup, Request, RetryPolicy, Values, run_batch
 from ringkv.sim.cluster import (
@@ -160,7 +160,7 @@ class FailOnEmit:
     def __init__(self, sim: Simulator, node: int, key: bytes, fault: str) -> None:
         self.sim, self.node, self.key, self.fault = sim, node, key, fault
         addr = node_addr(node)
-        self.addrs = {addr, gossip_addr(addr)}
+        self.addrs = {addr, gossip_addr(addr), peer_addr(addr)}
         self.fired = False
         self.dropped: list[bytes] = []
         sim.interceptors.append(self)
@@ -269,7 +269,7 @@ def test_retried_write_after_head_failure_does_not_execute_twice(dies: str, faul
     id_a, id_b = b"A" * 16, b"B" * 16
 
     def head_forwards(data: bytes, src: Addr, dst: Addr) -> bool:
-        return src == node_addr(head) and is_peer(data, peer.REPLICATE)
+        return src == peer_addr(node_addr(head)) and is_peer(data, peer.REPLICATE)
 
     def tail_answers(data: bytes, src: Addr, dst: Addr) -> bool:
         return dst == probe.addr
@@ -321,7 +321,7 @@ class LoseSomeSyncData:
     """Lose every other SYNC_DATA to a node, and its first SYNC_DONEs, up to a budget."""
 
     def __init__(self, to: int, budget: int = 12) -> None:
-        self.dst = node_addr(to)
+        self.dst = peer_addr(node_addr(to))
         self.budget = budget
         self.seen = 0
         self.lost = 0
@@ -349,7 +349,7 @@ class PauseSourceMidTransfer:
 
     def __init__(self, sim: Simulator, to: int, pause_for: float) -> None:
         self.sim = sim
-        self.dst = node_addr(to)
+        self.dst = peer_addr(node_addr(to))
         self.pause_for = pause_for
         self.source: Addr | None = None
         self.at = -1.0
@@ -430,7 +430,10 @@ def test_older_replicate_never_overwrites_a_newer_copy() -> None:
         chain = chain_of(sim, key)
         write = Write(b"O" * 16, ("10.9.0.2", 1), Err.OK, key, value, 1, older, (chain[0],))
         for member in chain[1:]:
-            sim.inject(peer.encode_replicate(write), node_addr(chain[0]), node_addr(member))
+            sim.inject(
+                peer.encode_replicate(write), peer_addr(node_addr(chain[0])),
+                peer_addr(node_addr(member)),
+            )  # fmt: skip
     sim.run_for(2.0)
     _assert_state(sim, live, kept_value)
     _assert_state(sim, gone, None)
@@ -1058,7 +1061,10 @@ def test_a_replicate_stamped_beyond_any_clock_is_refused_and_the_key_stays_writa
     chain = chain_of(sim, key)
     forged = Write(b"F" * 16, client_addr(99), Err.OK, key, b"forged", 1, (1 << 64) - 1, (0,))
     for member in chain[1:]:
-        sim.inject(peer.encode_replicate(forged), node_addr(chain[0]), node_addr(member))
+        sim.inject(
+            peer.encode_replicate(forged), peer_addr(node_addr(chain[0])),
+            peer_addr(node_addr(member)),
+        )  # fmt: skip
     sim.run_for(1.0)
     assert sum(full_node(sim, m).replication.stats.refused_stamps for m in chain[1:]) == 2
     values = Values(16)

@@ -42,6 +42,9 @@ class _OrderNode:
     def take(self, data: bytes, src: tuple[str, int], now: float, age: float = 0.0) -> None:
         self.calls.append("datagram")
 
+    def take_peer(self, data: bytes, src: tuple[str, int], now: float, age: float = 0.0) -> None:
+        self.calls.append("peer")
+
     def flush(self) -> list:
         return []
 
@@ -70,9 +73,29 @@ def _drain_once(server: NodeServer) -> None:
         server._drain()
     finally:
         server._sock.close()
-        if server._gossip_sock is not None:
-            server._gossip_sock.close()
+        for sock in (server._gossip_sock, server._peer_sock):
+            if sock is not None:
+                sock.close()
         server._loop.close()
+
+
+def test_peer_datagrams_are_read_before_client_requests_and_answers_leave_by_their_port() -> None:
+    server, node = _server_with_a_queued_datagram(since_last_tick=0.05)
+    server._peer_sock = open_udp_socket(("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        for _ in range(2):
+            peer.sendto(b"a peer's write", server._peer_sock.getsockname())
+        time.sleep(0.05)
+        server._peer_dests = frozenset([peer.getsockname()])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind(("127.0.0.1", 0))
+            client.settimeout(2.0)
+            peer.settimeout(2.0)
+            server._send([(b"to the peer", peer.getsockname()), (b"reply", client.getsockname())])
+            assert peer.recvfrom(100) == (b"to the peer", server._peer_sock.getsockname())
+            assert client.recvfrom(100) == (b"reply", server._sock.getsockname())
+    _drain_once(server)
+    assert node.calls == ["peer", "peer", "datagram"]
 
 
 def test_datagrams_after_a_stop_wait_for_the_overdue_tick() -> None:

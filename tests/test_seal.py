@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from ringkv.core.node import Node, NodeConfig
 from ringkv.runtime.cluster import KEY_FILE, LocalCluster
+from ringkv.servers import peer_addr
 from ringkv.wire import gossip, peer
 from ringkv.wire.codec import Command, Err, encode_request
 from ringkv.wire.peer import Write
@@ -135,6 +136,7 @@ def test_bad_key_files_name_the_problem(tmp_path: Path, text: str, problem: str)
 # -- a node behind the seal ------------------------------------------------------
 
 SERVERS = (("127.0.0.1", 43100), ("127.0.0.1", 43101), ("127.0.0.1", 43102))
+PEERS = tuple(peer_addr(addr) for addr in SERVERS)  # where peer datagrams come from
 CLIENT = ("127.0.0.1", 5555)
 
 
@@ -150,8 +152,8 @@ def forged_write(key: bytes) -> bytes:
 def test_a_keyed_node_drops_unsealed_and_foreign_peer_datagrams() -> None:
     node = sealed_node()
     stranger = Sealer(Keyring((b"X" * 32,)), 0, 1)
-    node.on_datagram(forged_write(b"k"), SERVERS[0], 0.0)
-    node.on_datagram(stranger.seal(forged_write(b"k"), 1, DATA), SERVERS[0], 0.0)
+    node.on_peer_datagram(forged_write(b"k"), PEERS[0], 0.0)
+    node.on_peer_datagram(stranger.seal(forged_write(b"k"), 1, DATA), PEERS[0], 0.0)
     assert node.stats.unauthenticated == 2
     assert node.storage.get(b"k") is None
 
@@ -159,11 +161,16 @@ def test_a_keyed_node_drops_unsealed_and_foreign_peer_datagrams() -> None:
 def test_a_sealed_datagram_from_another_address_than_its_senders_is_dropped() -> None:
     node = sealed_node()
     member = Sealer(KEYS, 0, 1)
-    node.on_datagram(member.seal(forged_write(b"k"), 1, DATA), SERVERS[2], 0.0)
+    node.on_peer_datagram(member.seal(forged_write(b"k"), 1, DATA), PEERS[2], 0.0)
     assert node.stats.unauthenticated == 1
     assert node.storage.get(b"k") is None
-    node.on_datagram(member.seal(forged_write(b"k"), 1, DATA), SERVERS[0], 0.0)
-    assert node.stats.unauthenticated == 1
+    # From the member's data port, or to this node's data port: not peer traffic.
+    node.on_peer_datagram(member.seal(forged_write(b"k"), 1, DATA), SERVERS[0], 0.0)
+    node.on_datagram(member.seal(forged_write(b"k"), 1, DATA), PEERS[0], 0.0)
+    assert node.stats.unauthenticated == 3
+    assert node.storage.get(b"k") is None
+    node.on_peer_datagram(member.seal(forged_write(b"k"), 1, DATA), PEERS[0], 0.0)
+    assert node.stats.unauthenticated == 3
     assert node.storage.get(b"k") is not None  # the member's own write is applied
 
 

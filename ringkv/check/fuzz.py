@@ -3,14 +3,15 @@
 The fuzzer is an outsider: it holds no cluster key. It sends, from a seeded
 generator, a mix of
 
-- random bytes, to the node's client port and to its gossip port;
+- random bytes, to the node's client port, its gossip port and its peer port;
 - client requests mutated at the byte level (flips, cuts, splices), and
   well-formed requests with fields no client should send (unknown commands,
   keys and values over the limits, message IDs of any length);
 - well-formed peer messages of every kind (FORWARD, REPLICATE, SYNC_*,
   HANDOFF, STATUS, ...) with hostile fields: stamps near 2^64, unknown
   nodes and slots, the node's own address as the client, host names;
-  plain, and wrapped in seals with made-up keys and tags;
+  plain, and wrapped in seals with made-up keys and tags, to the client port
+  and to the peer port;
 - well-formed gossip (the node's neighbours declared dead at the top
   incarnation, acknowledgements with guessed sequence numbers, SYNC_ACKs).
 
@@ -39,7 +40,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from ringkv.client import Client, ClientError
-from ringkv.servers import gossip_addr
+from ringkv.servers import gossip_addr, peer_addr
 from ringkv.wire import Addr, gossip, peer
 from ringkv.wire.codec import Command, WireError, decode_msg, decode_request, encode_msg
 from ringkv.wire.kv_pb2 import KVRequest
@@ -91,22 +92,28 @@ class Fuzzer:
         require_loopback(target)
         self.target = target
         self.gossip_target = gossip_addr(target)
+        self.peer_target = peer_addr(target)
+        self._targets = {"data": target, "gossip": self.gossip_target, "peer": self.peer_target}
         self.nodes = nodes  # the cluster's size, for plausible node indices
         self.rng = random.Random(seed)
         self.sentinels = {
             b"fuzz-sentinel-%02d" % i: self.rng.randbytes(self.rng.randint(1, 200))
             for i in range(SENTINELS)
         }
-        self._makers: list[tuple[str, bool, Callable[[], bytes]]] = [
-            ("random", False, self._random_bytes),
-            ("client-mutated", False, self._mutated_request),
-            ("client-hostile", False, self._hostile_request),
-            ("peer", False, self._peer_message),
-            ("peer-mutated", False, lambda: self._mutate(self._peer_message())),
-            ("sealed-forged", False, lambda: self._forged_seal(self._peer_message())),
-            ("gossip-random", True, self._random_bytes),
-            ("gossip", True, self._gossip_message),
-            ("gossip-sealed-forged", True, lambda: self._forged_seal(self._gossip_message())),
+        # (what, to which port, how it is made)
+        self._makers: list[tuple[str, str, Callable[[], bytes]]] = [
+            ("random", "data", self._random_bytes),
+            ("client-mutated", "data", self._mutated_request),
+            ("client-hostile", "data", self._hostile_request),
+            ("peer", "data", self._peer_message),
+            ("peer-mutated", "data", lambda: self._mutate(self._peer_message())),
+            ("sealed-forged", "data", lambda: self._forged_seal(self._peer_message())),
+            ("peer-port-random", "peer", self._random_bytes),
+            ("peer-port", "peer", self._peer_message),
+            ("peer-port-sealed-forged", "peer", lambda: self._forged_seal(self._peer_message())),
+            ("gossip-random", "gossip", self._random_bytes),
+            ("gossip", "gossip", self._gossip_message),
+            ("gossip-sealed-forged", "gossip", lambda: self._forged_seal(self._gossip_message())),
         ]
 
     # -- the run -------------------------------------------------------------
@@ -119,12 +126,12 @@ class Fuzzer:
                 return report
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 for n in range(count):
-                    kind, to_gossip, make = self.rng.choice(self._makers)
+                    kind, port, make = self.rng.choice(self._makers)
                     data = make()
-                    if not to_gossip and _is_client_write(data, self.sentinels):
+                    if port == "data" and _is_client_write(data, self.sentinels):
                         report.skipped += 1
                         continue
-                    sock.sendto(data, self.gossip_target if to_gossip else self.target)
+                    sock.sendto(data, self._targets[port])
                     report.sent[kind] += 1
                     if n % PACE == PACE - 1:
                         time.sleep(0.002)
@@ -228,7 +235,9 @@ class Fuzzer:
     def _client_addr(self) -> Addr:
         rng = self.rng
         host = rng.choice((self.target[0], "localhost", "10.9.8.7", "::1", "a" * 200))
-        port = rng.choice((self.target[1], self.gossip_target[1], 0, 65535, 5555))
+        port = rng.choice(
+            (self.target[1], self.gossip_target[1], self.peer_target[1], 0, 65535, 5555)
+        )
         return host, port
 
     def _peer_message(self) -> bytes:

@@ -17,7 +17,7 @@ from ringkv.core.replication import Replication, ReplicationConfig
 from ringkv.core.replies import DEFAULT_RETENTION, ReplyCache
 from ringkv.core.ring import Ring, key_position
 from ringkv.core.storage import Storage
-from ringkv.servers import gossip_addr
+from ringkv.servers import gossip_addr, peer_addr
 from ringkv.wire import Addr, Send, peer, seal
 from ringkv.wire.codec import (
     MAX_KEY,
@@ -93,8 +93,8 @@ class NodeStats:
     gossip_sent: int = 0
     unauthenticated: int = 0  # peer or gossip datagrams refused: not sealed, forged, replayed
     refused_admin: int = 0  # WIPEOUT or SHUTDOWN from a client outside admin_from
-    datagrams_in: int = 0  # on the data port: client requests and peer datagrams
-    datagrams_out: int = 0  # on the data port: client replies and peer datagrams
+    datagrams_in: int = 0  # client requests and peer datagrams (not gossip)
+    datagrams_out: int = 0  # client replies and peer datagrams (not gossip)
     replies: int = 0  # datagrams to clients (and tools)
     # Peer messages sent, by kind byte (wire.peer): several may share a datagram.
     peer_sent: list[int] = field(default_factory=lambda: [0] * 256)
@@ -127,6 +127,10 @@ class Node:
             else None
         )
         self._gossip_addrs = [gossip_addr(addr) for addr in config.servers]
+        # Peer datagrams travel between peer ports; inside, a member is named by
+        # its server-list address, as replication knows it.
+        self._peer_addrs = [peer_addr(addr) for addr in config.servers]
+        self._member_at = dict(zip(self._peer_addrs, config.servers, strict=True))
         self._index_of = {addr: i for i, addr in enumerate(config.servers)}
         self._sealer = (
             None if config.keyring is None else Sealer(config.keyring, self.index, config.boot)
@@ -136,7 +140,7 @@ class Node:
             self.index, config.servers, self.ring, config.replicas, self.storage, self.replies,
             config.clock_offset, alive, config.replication,
         )  # fmt: skip
-        cluster = frozenset((*config.servers, *self._gossip_addrs))
+        cluster = frozenset((*config.servers, *self._gossip_addrs, *self._peer_addrs))
         self._limits = PeerLimits(n_nodes, ring.slots, cluster)
         self._peer_handlers = self._handlers_by_type()
         self.replication.on_start(now)
@@ -148,10 +152,16 @@ class Node:
         self.take(data, src, now, age)
         return self.flush()
 
+    def on_peer_datagram(self, data: bytes, src: Addr, now: float, age: float = 0.0) -> list[Send]:
+        """One datagram on the peer port, and what it sends (take_peer, then flush)."""
+        self.take_peer(data, src, now, age)
+        return self.flush()
+
     def take(self, data: bytes, src: Addr, now: float, age: float = 0.0) -> None:
-        """A datagram on the data port: a client request or a peer message. What it
-        sends waits for flush(), so that a driver reading many datagrams at one
-        wake-up sends each peer one datagram for all of them.
+        """A datagram on the data port: a client's request, or a tool asking for
+        this node's status. What it sends waits for flush(), so that a driver
+        reading many datagrams at one wake-up sends each peer one datagram for
+        all of them.
 
         `age` is how long it waited in the kernel before being read. A client
         request that waited longer than any client retries (it was queued while
@@ -160,12 +170,31 @@ class Node:
         One that waited past SHED_AGE is answered without being executed.
         """
         self.stats.datagrams_in += 1
-        if self._sealer is not None:
-            sends = self._on_keyed_datagram(data, src, now, age)
-        elif peer.is_peer(data):
-            sends = self._on_peer(data, src, now, age)
+        if peer.is_peer(data) or seal.is_sealed(data):
+            sends = self._on_tool(data, src, now)
         else:
             sends = self._on_client(data, src, now, age)
+        if sends:
+            self._outbox.extend(sends)
+
+    def take_peer(self, data: bytes, src: Addr, now: float, age: float = 0.0) -> None:
+        """A datagram on the peer port: messages from another node of the server
+        list, sealed with the cluster key (unless the cluster runs without one)
+        and sent from that node's own peer port. Nothing else is believed."""
+        self.stats.datagrams_in += 1
+        member = self._member_at.get(src)
+        if self.membership is None or member is None:
+            self.stats.unauthenticated += 1  # not from a peer port of the server list
+            return
+        if self._sealer is not None:
+            opened = self._open(data, src, Channel.DATA)
+            if opened is None:
+                return
+            data = opened[1]
+        elif not peer.is_peer(data):
+            self.stats.dropped += 1
+            return
+        sends = self._on_peer(data, member, now, age)
         if sends:
             self._outbox.extend(sends)
 
@@ -176,15 +205,6 @@ class Node:
             return sends
         self._outbox = []
         return self._pack(sends)
-
-    def _on_keyed_datagram(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
-        """take() of a node with a cluster key: peer datagrams only sealed."""
-        if seal.is_sealed(data):
-            return self._on_sealed(data, src, now, age)
-        if peer.is_peer(data):
-            self.stats.unauthenticated += 1
-            return []
-        return self._on_client(data, src, now, age)
 
     def _on_client(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
         if age > STALE_REQUEST_AGE:
@@ -286,32 +306,37 @@ class Node:
             self.stats.unauthenticated += 1
             return None
         sender = opened[0]
-        if sender == OPERATOR and channel == Channel.DATA:
-            return opened  # a tool, from any address: only STATUS is taken from it
-        own = self._gossip_addrs if channel == Channel.GOSSIP else self.config.servers
+        own = self._gossip_addrs if channel == Channel.GOSSIP else self._peer_addrs
         if sender >= len(own) or own[sender] != src:
             self.stats.unauthenticated += 1  # the key's holder, but not from its address
             return None
         return opened
 
-    def _on_sealed(self, data: bytes, src: Addr, now: float, age: float) -> list[Send]:
-        opened = self._open(data, src, Channel.DATA)
-        if opened is None:
-            return []
-        sender, payload = opened
-        if sender != OPERATOR:
-            return self._on_peer(payload, src, now, age)
-        # Tools outside the server list may only ask for a node's status.
+    def _on_tool(self, data: bytes, src: Addr, now: float) -> list[Send]:
+        """A peer-format datagram on the data port: only a tool's STATUS request is
+        taken there, sealed by OPERATOR if the cluster has a key. Nodes talk to
+        each other's peer ports."""
+        sealer = self._sealer
+        if sealer is not None:
+            if not seal.is_sealed(data):
+                self.stats.unauthenticated += 1
+                return []
+            opened = sealer.open(data, Channel.DATA)
+            if isinstance(opened, Refused) or opened[0] != OPERATOR:
+                self.stats.unauthenticated += 1
+                return []
+            data = opened[1]
         try:
-            message = peer.decode(payload, self._limits)
+            message = peer.decode(data, self._limits)
         except PeerDecodeError:
             self.stats.dropped += 1
             return []
         if type(message) is not StatusRequest:
             self.stats.unauthenticated += 1
             return []
-        assert self._sealer is not None
-        reply = self._sealer.seal(self._status_reply(message, now), OPERATOR, Channel.REPLY)
+        reply = self._status_reply(message, now)
+        if sealer is not None:
+            reply = sealer.seal(reply, OPERATOR, Channel.REPLY)
         return [(reply, src)]
 
     def _pack(self, sends: list[Send]) -> list[Send]:
@@ -339,9 +364,9 @@ class Node:
                 counts[ack[2]] += 1
                 by_member[index_of[dest]].append(ack)
         stats.replies += len(out)
-        servers, sealer = self.config.servers, self._sealer
+        addrs, sealer = self._peer_addrs, self._sealer
         for index, messages in by_member.items():
-            dest = servers[index]
+            dest = addrs[index]
             for datagram in peer.pack(messages):
                 if sealer is not None:
                     datagram = sealer.seal(datagram, index, Channel.DATA)
@@ -383,6 +408,7 @@ class Node:
             "transfers_done": self.replication.stats.transfers_done,
             "transfers_retried": self.replication.stats.transfers_retried,
             "stored_bytes": self.storage.used,
+            "budget": self.storage.budget,
             "requests": self.stats.requests,
             "forwarded": self.stats.forwarded,
             "dropped": self.stats.dropped,
@@ -431,21 +457,21 @@ class Node:
         except PeerDecodeError:
             self.stats.dropped += 1
             return []
-        if self.membership is None and type(message) is not StatusRequest:
-            self.stats.unauthenticated += 1  # a one-node cluster has no peers to believe
+        handler = self._peer_handlers.get(type(message))
+        if handler is None:
+            self.stats.dropped += 1  # a tool's message, or an answer to one
             return []
         if age > SHED_AGE and type(message) is Forward:  # a client request all the same
             if age > STALE_REQUEST_AGE:
                 self.stats.stale += 1
                 return []
             return self._shed(message.message_id, message.client, age)
-        return self._peer_handlers[type(message)](message, src, now)
+        return handler(message, src, now)
 
     def _handlers_by_type(self) -> dict[type, Callable[[Any, Addr, float], list[Send]]]:
         """Every peer message type and who takes it."""
         return {
             Forward: self._on_forward,
-            StatusRequest: self._on_status_request,
             **self.replication.peer_handlers(),
         }
 
@@ -455,9 +481,6 @@ class Node:
             forward.message_id, forward.request, forward.datagram, forward.client, forward.hops,
             now,
         )  # fmt: skip
-
-    def _on_status_request(self, request: StatusRequest, src: Addr, now: float) -> list[Send]:
-        return [(self._status_reply(request, now), src)]
 
     def _status_reply(self, request: StatusRequest, now: float) -> bytes:
         return peer.encode_status_reply(request.token, self.status(now))

@@ -1,11 +1,15 @@
 """One node process: UDP sockets, the tick timer and signals around a core `Node`.
 
-The data socket carries client requests and node-to-node data; the gossip
-socket carries membership only, so probes never wait behind client floods.
+Three sockets (ringkv.servers): the data socket carries client requests, the
+gossip socket membership, the peer socket the rest of node-to-node traffic.
+Neither of the last two waits behind a flood of client requests: each has its
+own kernel queue, and the peer socket is read before the data socket at every
+wake-up.
 
-The data socket is read with recvmsg and kernel receive timestamps, so the
-node knows how long each datagram waited: requests queued while the process
-was stopped (SIGSTOP) are recognised as stale when it resumes.
+The data and peer sockets are read with recvmsg and kernel receive
+timestamps, so the node knows how long each datagram waited: requests queued
+while the process was stopped (SIGSTOP) are recognised as stale when it
+resumes, and those queued behind a backlog are shed (Node.take).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ringkv.core.node import TICK_INTERVAL, Node
-from ringkv.servers import gossip_addr
+from ringkv.servers import gossip_addr, peer_addr
 from ringkv.wire import Addr, Send
 from ringkv.wire.seal import KeyringError, load_keyring
 
@@ -102,6 +106,8 @@ class NodeServer:
         self._sock: socket.socket
         self._gossip: asyncio.DatagramTransport | None = None
         self._gossip_sock: socket.socket | None = None  # read directly after a stop
+        self._peer_sock: socket.socket | None = None  # None: a one-node cluster
+        self._peer_dests: frozenset[Addr] = frozenset()  # sends to these leave by _peer_sock
         self.send_drops = 0
         self.faults: dict[str, int] = {}  # handlers that raised, by what they handled
         self._fault_logged = -math.inf
@@ -121,6 +127,10 @@ class NodeServer:
             self._gossip, _ = await loop.create_datagram_endpoint(
                 lambda: _Endpoint(self._on_gossip), sock=self._gossip_sock
             )
+            self._peer_sock = open_udp_socket(peer_addr(self.listen))
+            _enable_timestamps(self._peer_sock)
+            self._peer_dests = frozenset(peer_addr(addr) for addr in self.node.config.servers)
+            loop.add_reader(self._peer_sock.fileno(), self._drain)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_key)
@@ -131,11 +141,15 @@ class NodeServer:
         log.info("stopping on signal")
         loop.remove_reader(self._sock.fileno())
         self._sock.close()
+        if self._peer_sock is not None:
+            loop.remove_reader(self._peer_sock.fileno())
+            self._peer_sock.close()
         if self._gossip is not None:
             self._gossip.close()
 
     def _drain(self) -> None:
-        """Read what the data socket holds (up to DRAIN_LIMIT) and act on each.
+        """Read what the peer and data sockets hold (up to DRAIN_LIMIT each, peers
+        first) and act on each.
 
         After a SIGCONT the event loop polls sockets before it runs overdue
         timers: without a tick first, the node would answer reads from data
@@ -148,32 +162,38 @@ class NodeServer:
         self._arm(time.monotonic())  # the datagrams may have given replication work to time
 
     def _read_data(self) -> None:
-        """Take each datagram the socket holds, then send what they all send: one
+        """Take each datagram the sockets hold, then send what they all send: one
         datagram per peer for the whole wake-up (Node.flush)."""
-        sock, node = self._sock, self.node
-        take = node.take
+        node = self.node
         try:
-            for _ in range(DRAIN_LIMIT):
-                try:
-                    data, ancillary, _, addr = sock.recvmsg(MAX_DATAGRAM, 64)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    continue  # e.g. ICMP errors reported on the socket
-                age = 0.0
-                if ancillary:
-                    seconds, nanos = _TIMESPEC.unpack_from(ancillary[0][2])
-                    age = time.time() - (seconds + nanos * 1e-9)
-                try:
-                    take(data, addr, time.monotonic(), age)
-                except Exception:
-                    self._contain("datagram", data)  # that datagram only: the batch goes on
-                    continue
-                if node.exit_requested:
-                    self._send(node.flush())
-                    self._exit_now()
+            if self._peer_sock is not None:
+                self._read(self._peer_sock, node.take_peer)
+            self._read(self._sock, node.take)
         finally:
             self._send(node.flush())
+
+    def _read(self, sock: socket.socket, take: Callable[[bytes, Addr, float, float], None]) -> None:
+        """Hand up to DRAIN_LIMIT datagrams of one socket to the node, with their age."""
+        node = self.node
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data, ancillary, _, addr = sock.recvmsg(MAX_DATAGRAM, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue  # e.g. ICMP errors reported on the socket
+            age = 0.0
+            if ancillary:
+                seconds, nanos = _TIMESPEC.unpack_from(ancillary[0][2])
+                age = time.time() - (seconds + nanos * 1e-9)
+            try:
+                take(data, addr, time.monotonic(), age)
+            except Exception:
+                self._contain("datagram", data)  # that datagram only: the batch goes on
+                continue
+            if node.exit_requested:
+                self._send(node.flush())
+                self._exit_now()
 
     def _contain(self, kind: str, data: bytes | None = None) -> None:
         """A bug met while handling one datagram or tick: count it, log it (at most
@@ -186,10 +206,17 @@ class NodeServer:
             log.exception("%s%s raised; dropped (faults so far: %s)", kind, head, self.faults)
 
     def _send(self, sends: list[Send]) -> None:
+        """Replies leave by the data socket, peer datagrams by the peer socket (the
+        address their receiver checks them against)."""
         sendto = self._sock.sendto
+        peer_dests = self._peer_dests
+        peer_sendto = sendto if self._peer_sock is None else self._peer_sock.sendto
         for payload, dest in sends:
             try:
-                sendto(payload, dest)
+                if dest in peer_dests:
+                    peer_sendto(payload, dest)
+                else:
+                    sendto(payload, dest)
             except (BlockingIOError, InterruptedError):
                 self.send_drops += 1  # send queue full: UDP may lose it, peers retry
             except OSError:

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from ringkv.core.membership import Membership, MembershipConfig
 from ringkv.core.node import TICK_INTERVAL, Node, NodeConfig, Outbox
 from ringkv.core.ring import Ring
-from ringkv.servers import gossip_addr
+from ringkv.servers import gossip_addr, peer_addr
 from ringkv.sim.history import History
 from ringkv.sim.network import Network, NetworkConfig
 from ringkv.wire import Addr
@@ -44,10 +44,14 @@ Interceptor = Callable[[bytes, Addr, Addr], bool]
 
 UP, PAUSED, CRASHED = "up", "paused", "crashed"
 
-# A paused process's socket buffers: the runtime asks for 8 MiB (data) and
-# 1 MiB (gossip). The kernel charges each datagram its buffer overhead too.
+# A node's three ports (ringkv.servers), numbered in the order a resumed
+# process reads what they queued: gossip first, then peers, then clients.
+GOSSIP_PORT, PEER_PORT, DATA_PORT = 0, 1, 2
+# A paused process's socket buffers: the runtime asks for 8 MiB (data, peer)
+# and 1 MiB (gossip). The kernel charges each datagram its buffer overhead too.
 DATA_QUEUE_BYTES = 8 << 20
 GOSSIP_QUEUE_BYTES = 1 << 20
+QUEUE_BYTES = (GOSSIP_QUEUE_BYTES, DATA_QUEUE_BYTES, DATA_QUEUE_BYTES)  # by port
 QUEUED_OVERHEAD = 768
 
 _TICK, _DELIVER, _CALL = 0, 1, 2
@@ -77,6 +81,9 @@ class SimNode(Protocol):
     exit_requested: bool
 
     def on_datagram(
+        self, data: bytes, src: Addr, now: float, age: float = 0.0
+    ) -> list[tuple[bytes, Addr]]: ...
+    def on_peer_datagram(
         self, data: bytes, src: Addr, now: float, age: float = 0.0
     ) -> list[tuple[bytes, Addr]]: ...
     def on_gossip(self, data: bytes, src: Addr, now: float) -> list[tuple[bytes, Addr]]: ...
@@ -153,6 +160,7 @@ class _Slot:
         "inbox_bytes",
         "index",
         "node",
+        "peer_addr",
         "starts",
         "state",
     )
@@ -161,12 +169,13 @@ class _Slot:
         self.index = index
         self.addr = node_addr(index)
         self.gossip_addr = gossip_addr(self.addr)
+        self.peer_addr = peer_addr(self.addr)
         self.state = CRASHED
         self.node: SimNode | None = None
         self.gen = 0  # bumped on every state change: stale ticks are ignored
-        # (to gossip port, data, source, arrival time)
-        self.inbox: list[tuple[bool, bytes, Addr, float]] = []
-        self.inbox_bytes = [0, 0]  # data port, gossip port
+        # (port, data, source, arrival time)
+        self.inbox: list[tuple[int, bytes, Addr, float]] = []
+        self.inbox_bytes = [0, 0, 0]  # by port
         self.starts = 0
         self.data = self.gossip = self.data_bytes = self.gossip_bytes = 0
 
@@ -205,12 +214,14 @@ class Simulator:
         self._clients = 0
         self._slots = [_Slot(i) for i in range(config.nodes)]
         self._servers = tuple(slot.addr for slot in self._slots)
-        self._ports: dict[Addr, tuple[_Slot, bool]] = {}
+        self._ports: dict[Addr, tuple[_Slot, int]] = {}
         owner: dict[Addr, int] = {}
         for slot in self._slots:
-            self._ports[slot.addr] = (slot, False)
-            self._ports[slot.gossip_addr] = (slot, True)
-            owner[slot.addr] = owner[slot.gossip_addr] = slot.index
+            self._ports[slot.addr] = (slot, DATA_PORT)
+            self._ports[slot.gossip_addr] = (slot, GOSSIP_PORT)
+            self._ports[slot.peer_addr] = (slot, PEER_PORT)
+            owner[slot.addr] = owner[slot.gossip_addr] = owner[slot.peer_addr] = slot.index
+        self._peer_ports = frozenset(slot.peer_addr for slot in self._slots)
         self._endpoints: dict[Addr, Handler] = {}
         self.network = Network(config.network, self.rng("network"), owner)
         self._poll_token: object | None = None  # the live run_until poll
@@ -334,30 +345,31 @@ class Simulator:
             if handler is not None:
                 handler(data, src)
             return
-        slot, to_gossip = port
+        slot, kind = port
         if slot.state is UP:
-            self._feed(slot, to_gossip, data, src)
+            self._feed(slot, kind, data, src)
         elif slot.state is PAUSED:
-            self._enqueue(slot, to_gossip, data, src)
+            self._enqueue(slot, kind, data, src)
 
-    def _enqueue(self, slot: _Slot, to_gossip: bool, data: bytes, src: Addr) -> None:
+    def _enqueue(self, slot: _Slot, kind: int, data: bytes, src: Addr) -> None:
         cost = len(data) + QUEUED_OVERHEAD
-        limit = GOSSIP_QUEUE_BYTES if to_gossip else DATA_QUEUE_BYTES
-        if slot.inbox_bytes[to_gossip] + cost > limit:
+        if slot.inbox_bytes[kind] + cost > QUEUE_BYTES[kind]:
             return  # the kernel drops what does not fit
-        slot.inbox_bytes[to_gossip] += cost
-        slot.inbox.append((to_gossip, data, src, self.now))
+        slot.inbox_bytes[kind] += cost
+        slot.inbox.append((kind, data, src, self.now))
 
-    def _feed(self, slot: _Slot, to_gossip: bool, data: bytes, src: Addr, age: float = 0.0) -> None:
+    def _feed(self, slot: _Slot, kind: int, data: bytes, src: Addr, age: float = 0.0) -> None:
         node = slot.node
         assert node is not None
-        if to_gossip:
+        if kind == GOSSIP_PORT:
             self._emit(slot, node.on_gossip(data, src, self.now), gossip=True)
+        elif kind == PEER_PORT:
+            self._emit(slot, node.on_peer_datagram(data, src, self.now, age), gossip=False)
         else:
             self._emit(slot, node.on_datagram(data, src, self.now, age), gossip=False)
         if self.config.check_invariants:
             node.check_invariants()
-        if to_gossip:
+        if kind == GOSSIP_PORT:
             return
         if node.exit_requested:
             self._stop(slot, "shutdown")
@@ -365,11 +377,16 @@ class Simulator:
     def _emit(self, slot: _Slot, sends: list[tuple[bytes, Addr]], gossip: bool) -> None:
         if not sends:
             return
-        src = slot.gossip_addr if gossip else slot.addr
         size = 0
-        for data, dst in sends:
-            size += len(data)
-            self.send(data, src, dst)
+        if gossip:
+            for data, dst in sends:
+                size += len(data)
+                self.send(data, slot.gossip_addr, dst)
+        else:  # as the runtime sends: to a peer port from its own, else from the data port
+            peer_ports = self._peer_ports
+            for data, dst in sends:
+                size += len(data)
+                self.send(data, slot.peer_addr if dst in peer_ports else slot.addr, dst)
         if gossip:
             slot.gossip += len(sends)
             slot.gossip_bytes += size
@@ -407,22 +424,22 @@ class Simulator:
         self.monitor.fault(f"pause {index}")
 
     def resume(self, index: int) -> None:
-        """SIGCONT: one late tick, then the queued gossip, then the queued data datagrams."""
+        """SIGCONT: one late tick, then the queued gossip, peer and data datagrams."""
         slot = self._need(index, PAUSED)
         slot.state = UP
         slot.gen += 1
         node = slot.node
         assert node is not None
         self._emit_outbox(slot, node.on_tick(self.now))
-        inbox, slot.inbox, slot.inbox_bytes = slot.inbox, [], [0, 0]
+        inbox, slot.inbox, slot.inbox_bytes = slot.inbox, [], [0, 0, 0]
         # The runtime reads queued gossip first: what others decided while this
         # node was stopped (that it is suspected, say) must be known before it
-        # acts on requests queued meanwhile.
-        inbox.sort(key=lambda queued: not queued[0])
-        for to_gossip, data, src, arrived in inbox:
+        # acts on requests queued meanwhile. Peers' datagrams come before clients'.
+        inbox.sort(key=lambda queued: queued[0])
+        for kind, data, src, arrived in inbox:
             if slot.state is not UP:
                 break  # a queued SHUTDOWN ended it
-            self._feed(slot, to_gossip, data, src, self.now - arrived)
+            self._feed(slot, kind, data, src, self.now - arrived)
         if slot.state is UP:
             self._schedule_tick(slot, self.config.tick_interval)
             self.monitor.fault(f"resume {index}")
@@ -498,7 +515,7 @@ class Simulator:
         node = slot.node
         slot.state = CRASHED
         slot.node = None
-        slot.inbox, slot.inbox_bytes = [], [0, 0]
+        slot.inbox, slot.inbox_bytes = [], [0, 0, 0]
         slot.gen += 1
         self._went_down(slot.index, node)
         self.monitor.fault(f"{why} {slot.index}")
@@ -648,6 +665,8 @@ class MembershipOnly:
         self, data: bytes, src: Addr, now: float, age: float = 0.0
     ) -> list[tuple[bytes, Addr]]:
         return []
+
+    on_peer_datagram = on_datagram
 
     def on_gossip(self, data: bytes, src: Addr, now: float) -> list[tuple[bytes, Addr]]:
         addrs = self._gossip_addrs
