@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ringkv.cli.cluster import datagrams_per_request
+from ringkv.cli.cluster import datagrams_per_request, status_table
 
 
 def test_datagrams_per_request_counts_the_request_and_all_the_nodes_sent() -> None:
@@ -17,3 +17,12 @@ def test_datagrams_per_request_counts_the_request_and_all_the_nodes_sent() -> No
     later = {i: {k: v * 3 for k, v in s.items()} for i, s in statuses.items()}
     assert datagrams_per_request(later, statuses) == 7.0  # over the interval only
     assert datagrams_per_request(statuses, statuses) is None  # no request meanwhile
+
+
+def test_status_table_notes_a_node_that_sheds_requests() -> None:
+    servers = [("127.0.0.1", 43100), ("127.0.0.1", 43101)]
+    before = {i: {"requests": 100, "shed": 10, "states": "AA"} for i in range(2)}
+    after = {0: {**before[0], "requests": 300, "shed": 60}, 1: {**before[1], "requests": 200}}
+    table = status_table(servers, after, before, 2.0, set())
+    notes = list(table.columns[-1].cells)
+    assert notes == ["overloaded: 25 req/s shed", ""]

@@ -300,8 +300,12 @@ def status_table(
             table.add_row(*row, "", "", "", "", "", note)
             continue
         row[2] = str(status.get("pid", ""))
-        before = previous.get(index, {}).get("requests", status["requests"])
+        earlier = previous.get(index, {})
+        before = earlier.get("requests", status["requests"])
         rate = (status["requests"] - before) / interval if interval > 0 else 0.0
+        shed = status.get("shed", 0) - earlier.get("shed", status.get("shed", 0))
+        if shed > 0 and interval > 0:
+            note = f"overloaded: {shed / interval:,.0f} req/s shed"
         roles = status.get("roles", {})
         held = "/".join(str(roles.get(r, 0)) for r in ("head", "middle", "tail"))
         moving = status.get("transfers", 0) + status.get("unsynced_slots", 0)
