@@ -12,7 +12,10 @@ node falls behind. Then it prints, as JSON:
 - what the cluster's STATUS says changed meanwhile: deaths and suspicions
   summed over every node (a client flood must cause neither), the smallest
   membership count, and the flooded node's `shed` and `stale` counters;
-- the flooded node's resident size before and after, and its budget.
+- the flooded node's resident size before and after, and its budget;
+- how many client requests the flooded node read (`requests_read`): the
+  rest of what was sent was dropped by the kernel, its queue full, before
+  the node could see it.
 
 KEY_FILE is the cluster key (`-` for an --insecure cluster). The flooder is
 one Python process: on a 2-core machine it takes a core the cluster does not
@@ -23,7 +26,7 @@ in the same sitting, and flood at a multiple of it.
 from __future__ import annotations
 
 import json
-import os
+import multiprocessing
 import random
 import socket
 import sys
@@ -56,6 +59,7 @@ def cluster_facts(servers, keyring, node):
         "suspicions": sum(s.get("suspicions", 0) for s in statuses.values()),
         "min_count": min((s.get("count", 0) for s in statuses.values()), default=0),
         "shed": flooded.get("shed", 0),
+        "requests": flooded.get("requests", 0),
         "stale": flooded.get("stale", 0),
         "budget": flooded.get("budget"),
         "rss": rss,
@@ -63,69 +67,83 @@ def cluster_facts(servers, keyring, node):
 
 
 def requests(rng, count):
-    """Half PUTs of new keys, half GETs of keys put earlier in the list."""
-    keys = []
+    """Half PUTs of new keys, half GETs of keys put earlier in the list; all made
+    before the flood begins, so that making them does not slow the sender."""
+    keys, made = [], []
     for i in range(count):
-        message_id = os.urandom(16)
+        message_id = rng.randbytes(16)
         if i % 2 == 0 or not keys:
             key = rng.randbytes(32)
             keys.append(key)
-            yield encode_request(message_id, Command.PUT, key, rng.randbytes(500))
+            made.append(encode_request(message_id, Command.PUT, key, rng.randbytes(500)))
         else:
-            yield encode_request(message_id, Command.GET, rng.choice(keys))
+            made.append(encode_request(message_id, Command.GET, rng.choice(keys)))
+    return made
+
+
+def receive(sock, until, results):
+    """The receiving half (a process of its own): the first reply to each message
+    ID, by errCode, until the monotonic clock reaches `until`."""
+    replies: Counter[str] = Counter()
+    answered = set()
+    sock.settimeout(0.05)
+    while time.monotonic() < until:
+        try:
+            data = sock.recv(65_535)
+        except (TimeoutError, InterruptedError):
+            continue
+        except OSError:
+            continue
+        try:
+            message_id, payload = decode_msg(data)
+            err = decode_response(payload).errCode
+        except WireError:
+            replies["undecodable"] += 1
+            continue
+        if message_id not in answered:
+            answered.add(message_id)
+            replies[str(err)] += 1
+    results.send((dict(replies), len(answered)))
 
 
 def flood(target, rate, seconds, rng):
-    replies: Counter[str] = Counter()
-    answered = set()
-    sent = 0
+    made = requests(rng, int(rate * seconds))
+    send_dropped = sent = 0
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 20)
-        sock.setblocking(False)
-
-        def drain():
-            while True:
-                try:
-                    data = sock.recv(65_535)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    continue
-                try:
-                    message_id, payload = decode_msg(data)
-                    err = decode_response(payload).errCode
-                except WireError:
-                    replies["undecodable"] += 1
-                    continue
-                if message_id not in answered:
-                    answered.add(message_id)
-                    replies[str(err)] += 1
-
-        made = requests(rng, int(rate * seconds))
+        sock.bind(("0.0.0.0", 0))
+        # Room for the replies that arrive in bursts (FORCE: as root, past
+        # net.core.rmem_max), so that the flooder, not the node, loses none.
+        force = getattr(socket, "SO_RCVBUFFORCE", None)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force or socket.SO_RCVBUF, 64 << 20)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
         began = time.monotonic()
+        ours, theirs = multiprocessing.get_context("fork").Pipe()
+        receiver = multiprocessing.get_context("fork").Process(
+            target=receive, args=(sock, began + seconds + LATE, theirs)
+        )
+        receiver.start()
         end = began + seconds
-        while (now := time.monotonic()) < end:
-            due = int((now - began) * rate) - sent
-            for data in (next(made, None) for _ in range(due)):
-                if data is None:
-                    break
+        sendto = sock.sendto
+        while (now := time.monotonic()) < end and sent < len(made):
+            due = min(int((now - began) * rate), len(made))
+            for data in made[sent:due]:
                 try:
-                    sock.sendto(data, target)
+                    sendto(data, target)
                 except (BlockingIOError, InterruptedError):
-                    replies["send_dropped"] += 1
-                sent += 1
-            drain()
+                    send_dropped += 1
+            sent = max(sent, due)
             time.sleep(STEP)
-        late = time.monotonic() + LATE
-        while time.monotonic() < late:
-            drain()
-            time.sleep(STEP)
-        took = time.monotonic() - began - LATE
+        took = time.monotonic() - began
+        replies, answered = ours.recv()
+        receiver.join()
     return {
         "sent": sent,
         "sent_per_s": round(sent / took),
-        "replies_by_errcode": dict(replies),
-        "unanswered": sent - len(answered),
+        "send_dropped": send_dropped,
+        "replies_by_errcode": replies,
+        "unanswered": sent - answered,
     }
 
 
@@ -145,6 +163,7 @@ def main() -> None:
         "nodes": len(servers),
     }
     result["flooded_node"] = {
+        "requests_read": after["requests"] - before["requests"],
         "shed": after["shed"] - before["shed"],
         "stale": after["stale"] - before["stale"],
         "rss_before": before["rss"],
