@@ -6,6 +6,7 @@ fault must fail exactly the Part 1 stage that looks at it, and no other.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from ringkv.check.base import Params, Scale
-from ringkv.check.load import make_value, value_seq
+from ringkv.check.load import Tally, make_value, timed_request, value_seq
 from ringkv.check.nodes import NodeControl, NodeControlError, is_local
 from ringkv.check.seq import Register, classify, schedule
 from ringkv.check.suite import SelectionError, select
@@ -29,7 +30,7 @@ from ringkv.client.client import Client, ClientError, Reply
 from ringkv.client.local import free_udp_port, local_node, stop
 from ringkv.runtime.cluster import LocalCluster, local_servers
 from ringkv.wire import Addr
-from ringkv.wire.codec import Err
+from ringkv.wire.codec import Command, Err
 
 PART1 = [
     "1.liveness", "1.basic", "1.versions", "1.remove", "1.invalid", "1.at-most-once",
@@ -219,3 +220,26 @@ def test_part2_quick_passes_against_a_local_cluster(tmp_path: Path) -> None:
         assert psutil.STATUS_STOPPED not in states
     finally:
         cluster.stop()
+
+
+class _Answers:
+    """An AsyncClient stand-in that answers every request with one reply."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+
+    async def request(self, *args: object, **kwargs: object) -> Reply:
+        return self.reply
+
+
+@pytest.mark.parametrize(
+    ("err", "counted_as_answered"), [(Err.OK, True), (Err.NO_KEY, True), (Err.OVERLOAD, False)]
+)
+def test_an_overload_leaves_the_outcome_open_like_a_time_out(
+    err: int, counted_as_answered: bool
+) -> None:
+    tally = Tally()
+    client = _Answers(Reply(err, overload_wait_ms=50))
+    got = asyncio.run(timed_request(client, tally, Command.PUT, b"k", b"v"))  # type: ignore[arg-type]
+    assert (got is not None) == counted_as_answered
+    assert tally.errors[err] == 1  # its errCode is counted all the same

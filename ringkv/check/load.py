@@ -143,7 +143,10 @@ async def timed_request(
     version: int = 0,
     target: Addr | None = None,
 ) -> Reply | None:
-    """One request with the reference retry policy; None (and a time-out counted) if unanswered."""
+    """One request with the reference retry policy; None (and a time-out counted) if
+    unanswered. An OVERLOAD that outlasted the retries is None too (its errCode is
+    counted): like a time-out it leaves the outcome open, since an earlier try may
+    have been executed elsewhere."""
     tally.requests += 1
     started = time.perf_counter()
     try:
@@ -152,7 +155,7 @@ async def timed_request(
         tally.timeouts += 1
         return None
     tally.answered(reply, started)
-    return reply
+    return None if reply.err == Err.OVERLOAD else reply
 
 
 # -- pools -------------------------------------------------------------------------

@@ -31,7 +31,9 @@ from ringkv.runtime.cluster import (
     LocalCluster,
     load_state,
     local_servers,
+    metrics_addr,
     query_status,
+    write_prometheus_config,
 )
 from ringkv.wire import Addr
 from ringkv.wire.seal import Keyring
@@ -67,7 +69,11 @@ def _keyring(key_file: Path | None, workdir: Path) -> Keyring | None:
 @cluster.command()
 @nodes_option(most=1000)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address all nodes bind.")
-@click.option("--base-port", type=click.IntRange(1, 64000), default=10001, show_default=True)
+@click.option(
+    "--base-port", type=click.IntRange(1, 60000), default=10001, show_default=True,
+    help="Node i's port (without --distinct-hosts: plus i); each node also takes that port "
+    "plus 1000 (gossip), 2000 (peers) and, with metrics, 3000 (TCP).",
+)  # fmt: skip
 @click.option(
     "--distinct-hosts", is_flag=True,
     help="Node i binds 127.0.0.(i+1) at --base-port, as if on separate machines.",
@@ -81,24 +87,36 @@ def _keyring(key_file: Path | None, workdir: Path) -> Keyring | None:
     "--insecure", is_flag=True,
     help=f"No cluster key: nodes believe any datagram. Without it DIR/{KEY_FILE} is made anew.",
 )  # fmt: skip
+@click.option(
+    "--metrics/--no-metrics", default=True, show_default=True,
+    help="Each node answers Prometheus scrapes on its port plus 3000; prometheus.yml and "
+    "its target list are written beside the server list.",
+)  # fmt: skip
 @_servers_option
 @_workdir_option
 def up(
     nodes: int, host: str, base_port: int, distinct_hosts: bool, memory_mb: int, replicas: int,
-    detach: bool, insecure: bool, servers_file: Path, workdir: Path,
+    detach: bool, insecure: bool, metrics: bool, servers_file: Path, workdir: Path,
 ) -> None:  # fmt: skip
     """Start NODES node processes on this machine and show their status until Ctrl-C."""
     if load_state(workdir):
         raise click.UsageError(f"a cluster is already running from {workdir} (ringkv cluster down)")
     servers = local_servers(nodes, host, base_port, distinct_hosts)
     local = LocalCluster.create(
-        servers, workdir, servers_file, insecure, memory_mb=memory_mb, replicas=replicas
-    )
+        servers, workdir, servers_file, insecure, memory_mb=memory_mb, replicas=replicas,
+        metrics=metrics,
+    )  # fmt: skip
     local.start()
     console = Console()
     console.print(f"started {nodes} nodes; server list in {servers_file}, logs in {workdir}/logs")
     if local.key_file is not None:
         console.print(f"cluster key in {local.key_file}")
+    if metrics:
+        config = write_prometheus_config(servers, servers_file.resolve().parent)
+        first = metrics_addr(servers[0])
+        console.print(
+            f"metrics on http://{first[0]}:{first[1]}/metrics and on; for Prometheus: {config}"
+        )
     if detach:
         local.wait_ready()
         return

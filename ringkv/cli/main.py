@@ -66,6 +66,10 @@ def main() -> None:
     "others get errCode 5. Default: from every client, as the protocol has it.",
 )  # fmt: skip
 @click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), metavar="PORT",
+    help="Answer Prometheus scrapes on http://LISTEN_HOST:PORT/metrics. Default: off.",
+)  # fmt: skip
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
@@ -73,7 +77,8 @@ def main() -> None:
 )
 def node(
     listen: Addr, servers_file: Path | None, memory_mb: int, replicas: int,
-    key_file: Path | None, insecure: bool, admin_from: tuple[IPNetwork, ...], log_level: str,
+    key_file: Path | None, insecure: bool, admin_from: tuple[IPNetwork, ...],
+    metrics_port: int | None, log_level: str,
 ) -> None:  # fmt: skip
     """Run one node of a cluster."""
     from ringkv.core.node import Node, NodeConfig
@@ -109,7 +114,8 @@ def node(
         boot=time.time_ns() // 1000,
         admin_from=admin_from or None,
     )
-    serve(Node(config), listen, gossip=len(servers) > 1, key_file=key_file)
+    metrics = None if metrics_port is None else (listen[0], metrics_port)
+    serve(Node(config), listen, gossip=len(servers) > 1, key_file=key_file, metrics=metrics)
 
 
 @main.group()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +30,7 @@ from ringkv.wire.codec import (
     decode_msg,
     decode_request,
     encode_response,
+    reply_err,
 )
 from ringkv.wire.peer import Forward, PeerDecodeError, PeerLimits, StatusRequest
 from ringkv.wire.seal import OPERATOR, Channel, Keyring, Refused, Sealer
@@ -49,6 +51,12 @@ SHED_AGE = 0.25
 # OVERLOAD asks the client to wait about as long as its request waited, within these.
 MIN_OVERLOAD_WAIT_MS = 50
 MAX_OVERLOAD_WAIT_MS = 1000
+MAX_SHED_IDS = 100_000  # message IDs remembered as shed (each for STALE_REQUEST_AGE)
+# Upper bounds (seconds) of the buckets counting how long client requests waited
+# in the kernel's queue; the last bucket is everything above. That wait is the
+# part of a request's latency that grows with load, and the only part one node
+# can see: the reply to a forwarded request leaves from another node.
+QUEUE_WAIT_BOUNDS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Seconds between the ticks a driver (runtime or simulator) gives a node; it may
 # skip those before next_due(). Membership times acks to about this.
 TICK_INTERVAL = 0.1
@@ -98,9 +106,18 @@ class NodeStats:
     replies: int = 0  # datagrams to clients (and tools)
     # Peer messages sent, by kind byte (wire.peer): several may share a datagram.
     peer_sent: list[int] = field(default_factory=lambda: [0] * 256)
+    commands: list[int] = field(default_factory=lambda: [0] * 256)  # client requests by command
+    reply_errs: list[int] = field(default_factory=lambda: [0] * 128)  # client replies by errCode
+    # Client requests by time queued (QUEUE_WAIT_BOUNDS), and those times summed.
+    queue_wait: list[int] = field(default_factory=lambda: [0] * (len(QUEUE_WAIT_BOUNDS) + 1))
+    queue_wait_sum: float = 0.0
 
     def peer_sent_by_kind(self) -> dict[str, int]:
         return {peer.KIND_NAMES.get(k, str(k)): n for k, n in enumerate(self.peer_sent) if n}
+
+    def commands_by_name(self) -> dict[str, int]:
+        names = {int(c): c.name for c in Command}
+        return {names.get(c, str(c)): n for c, n in enumerate(self.commands) if n}
 
 
 class Node:
@@ -119,6 +136,9 @@ class Node:
         self._pending_data: list[Send] = []
         # What the datagrams taken since the last flush() send, unpacked and unsealed.
         self._outbox: list[Send] = []
+        # Message IDs answered OVERLOAD, and when: every try of one that arrived
+        # before then is answered the same, so no try of it is executed meanwhile.
+        self._shed_at: dict[bytes, float] = {}
         seed = self.index if config.seed is None else config.seed
         # A one-node cluster has nobody to gossip with.
         self.membership = (
@@ -210,25 +230,55 @@ class Node:
         if age > STALE_REQUEST_AGE:
             self.stats.stale += 1
             return []
+        stats = self.stats
         try:
             message_id, payload = decode_msg(data)
-            if age > SHED_AGE:  # not executed: its checksum is all there is to check
-                self.stats.requests += 1
-                return self._shed(message_id, src, age)
+            stats.queue_wait[bisect_left(QUEUE_WAIT_BOUNDS, age)] += 1
+            stats.queue_wait_sum += age
+            stats.requests += 1
+            if self._sheds(message_id, now, age):  # its checksum is all there is to check
+                return self._overload(message_id, src, age)
             request = decode_request(payload)
         except WireError:
-            self.stats.dropped += 1
+            stats.dropped += 1
             return []
-        self.stats.requests += 1
+        command = request.command
+        stats.commands[command if command < 256 else 255] += 1
         return self._on_request(message_id, request, data, src, now)
 
-    def _shed(self, message_id: bytes, client: Addr, age: float) -> list[Send]:
-        """A client request that waited past SHED_AGE: its outcome if this node
-        has one (a retry of a write it led), else OVERLOAD; never executed."""
+    def _sheds(self, message_id: bytes, now: float, age: float) -> bool:
+        """Whether a client request (or a forward of one) is answered OVERLOAD.
+
+        One that waited past SHED_AGE is, unless this node has had a try of it
+        already (its outcome is cached, it is on its way down the chain, or it
+        was handed on): then the normal path answers it as it answers any
+        retry. Once shed, every try of it that arrived before is shed too, so
+        that no try of a message this node answered OVERLOAD is executed
+        until the client sends it again.
+        """
+        shed_at = self._shed_at
+        if shed_at:
+            when = shed_at.get(message_id)
+            if when is not None and now - age <= when:
+                return True
+        if age <= SHED_AGE or message_id in self.replies:
+            return False
+        if self.replication.writes.knows(message_id):
+            return False
+        self._remember_shed(message_id, now)
+        return True
+
+    def _remember_shed(self, message_id: bytes, now: float) -> None:
+        shed_at = self._shed_at
+        shed_at.pop(message_id, None)
+        shed_at[message_id] = now  # insertion order is time order
+        # Tries older than STALE_REQUEST_AGE are dropped anyway: forget those shed before.
+        while len(shed_at) > MAX_SHED_IDS or next(iter(shed_at.values())) < now - STALE_REQUEST_AGE:
+            del shed_at[next(iter(shed_at))]
+
+    def _overload(self, message_id: bytes, client: Addr, age: float) -> list[Send]:
+        """OVERLOAD, with a wait of about as long as the request waited."""
         self.stats.shed += 1
-        done = self.replies.get(message_id)
-        if done is not None:
-            return [(encode_response(message_id, done), client)]
         wait = min(max(int(age * 1000), MIN_OVERLOAD_WAIT_MS), MAX_OVERLOAD_WAIT_MS)
         return [(encode_response(message_id, Err.OVERLOAD, overload_wait_ms=wait), client)]
 
@@ -365,6 +415,11 @@ class Node:
                 counts[ack[2]] += 1
                 by_member[index_of[dest]].append(ack)
         stats.replies += len(out)
+        errs = stats.reply_errs
+        for payload, _ in out:
+            err = reply_err(payload)
+            if err >= 0:
+                errs[err] += 1
         addrs, sealer = self._peer_addrs, self._sealer
         for index, messages in by_member.items():
             dest = addrs[index]
@@ -422,6 +477,18 @@ class Node:
             "datagrams_out": self.stats.datagrams_out,
             "replies": self.stats.replies,
             "peer_sent": self.stats.peer_sent_by_kind(),
+            "commands": self.stats.commands_by_name(),
+            "reply_errs": {str(e): n for e, n in enumerate(self.stats.reply_errs) if n},
+            "queue_wait": {
+                "bounds": QUEUE_WAIT_BOUNDS,
+                "counts": self.stats.queue_wait,
+                "sum": self.stats.queue_wait_sum,
+            },
+            "reply_cache": {"entries": len(self.replies), "hits": self.replies.hits},
+            "pending_writes": self.replication.writes.pending_count(),
+            "refused_stamps": self.replication.stats.refused_stamps,
+            "refused_senders": self.replication.stats.refused_senders,
+            "incarnation": 0 if self.membership is None else self.membership.incarnation,
         }
 
     # -- requests -----------------------------------------------------------
@@ -462,11 +529,12 @@ class Node:
         if handler is None:
             self.stats.dropped += 1  # a tool's message, or an answer to one
             return []
-        if age > SHED_AGE and type(message) is Forward:  # a client request all the same
+        if type(message) is Forward:  # a client request all the same
             if age > STALE_REQUEST_AGE:
                 self.stats.stale += 1
                 return []
-            return self._shed(message.message_id, message.client, age)
+            if self._sheds(message.message_id, now, age):
+                return self._overload(message.message_id, message.client, age)
         return handler(message, src, now)
 
     def _handlers_by_type(self) -> dict[type, Callable[[Any, Addr, float], list[Send]]]:

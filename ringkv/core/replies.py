@@ -32,7 +32,8 @@ _SHARED_MAX = 4096  # distinct outcomes shared at once; a node writes to a few h
 
 class ReplyCache:
     __slots__ = (
-        "_buckets", "_outcomes", "_shared", "bytes", "max_bytes", "max_entries", "retention",
+        "_buckets", "_outcomes", "_shared", "bytes", "hits", "max_bytes", "max_entries",
+        "retention",
     )  # fmt: skip
 
     def __init__(
@@ -51,13 +52,20 @@ class ReplyCache:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0  # the entries' message IDs plus ENTRY_COST each
+        self.hits = 0  # repeats answered from here
 
     def __len__(self) -> int:
         return len(self._outcomes)
 
+    def __contains__(self, message_id: bytes) -> bool:
+        return message_id in self._outcomes
+
     def get(self, message_id: bytes) -> int | None:
         packed = self._outcomes.get(message_id)
-        return None if packed is None else packed & 0xFF
+        if packed is None:
+            return None
+        self.hits += 1
+        return int(packed & 0xFF)
 
     def put(self, message_id: bytes, err: int, now: float, slot: int = -1) -> None:
         outcomes = self._outcomes

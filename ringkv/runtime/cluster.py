@@ -23,6 +23,11 @@ from ringkv.wire.seal import OPERATOR, Channel, Keyring, Sealer, load_keyring, s
 
 STATE_FILE = "cluster.json"
 KEY_FILE = "cluster.key"
+# A local cluster's node answers Prometheus on its port plus this (TCP); beside
+# the server list, PROMETHEUS_CONFIG scrapes them all through PROMETHEUS_TARGETS.
+METRICS_PORT_OFFSET = 3000
+PROMETHEUS_CONFIG = "prometheus.yml"
+PROMETHEUS_TARGETS = "prometheus-targets.json"
 
 
 def local_servers(nodes: int, host: str, base_port: int, distinct_hosts: bool) -> list[Addr]:
@@ -38,6 +43,31 @@ def format_servers(servers: list[Addr]) -> str:
     return "".join(f"{host}:{port}\n" for host, port in servers)
 
 
+def metrics_addr(addr: Addr) -> Addr:
+    return addr[0], addr[1] + METRICS_PORT_OFFSET
+
+
+def write_prometheus_config(servers: list[Addr], folder: Path) -> Path:
+    """A file_sd target list of the nodes' metrics endpoints and a minimal
+    prometheus.yml that scrapes them; returns the latter."""
+    hosts = [metrics_addr(addr) for addr in servers]
+    targets = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in hosts]
+    group = {"targets": targets, "labels": {"job": "ringkv"}}
+    (folder / PROMETHEUS_TARGETS).write_text(json.dumps([group], indent=1) + "\n")
+    config = folder / PROMETHEUS_CONFIG
+    config.write_text(
+        "# Scrapes every node of the cluster `ringkv cluster up` started here:\n"
+        f"#   prometheus --config.file={config.name}\n"
+        "global:\n"
+        "  scrape_interval: 5s\n"
+        "scrape_configs:\n"
+        "  - job_name: ringkv\n"
+        "    file_sd_configs:\n"
+        f"      - files: [{PROMETHEUS_TARGETS}]\n"
+    )
+    return config
+
+
 @dataclass
 class LocalCluster:
     servers: list[Addr]
@@ -47,6 +77,7 @@ class LocalCluster:
     replicas: int = 3
     log_level: str = "info"
     key_file: Path | None = None  # None: the nodes run --insecure
+    metrics: bool = False  # each node answers Prometheus on metrics_addr(its address)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     suspended: set[int] = field(default_factory=set)
 
@@ -106,6 +137,8 @@ class LocalCluster:
             command += ["--cluster-key", str(self.key_file)]
         elif len(self.servers) > 1:
             command.append("--insecure")
+        if self.metrics:
+            command += ["--metrics-port", str(port + METRICS_PORT_OFFSET)]
         with open(logs / f"node-{index}.log", "ab") as log:
             self.procs[index] = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True

@@ -97,9 +97,15 @@ class NodeServer:
     """Drives a Node from real sockets and the monotonic clock."""
 
     def __init__(
-        self, node: Node, listen: Addr, gossip: bool, key_file: Path | None = None
+        self,
+        node: Node,
+        listen: Addr,
+        gossip: bool,
+        key_file: Path | None = None,
+        metrics: Addr | None = None,
     ) -> None:
         self.node = node
+        self.metrics = metrics  # where to answer Prometheus scrapes; None: nowhere
         self.key_file = key_file  # read again on SIGHUP: key rotation
         self.listen = listen
         self.gossip_enabled = gossip
@@ -131,6 +137,19 @@ class NodeServer:
             _enable_timestamps(self._peer_sock)
             self._peer_dests = frozenset(peer_addr(addr) for addr in self.node.config.servers)
             loop.add_reader(self._peer_sock.fileno(), self._drain)
+        metrics_server = None
+        if self.metrics is not None:
+            from ringkv.runtime.metrics import MetricsServer, registry_for
+
+            try:
+                metrics_server = await MetricsServer(registry_for(self.node, self)).start(
+                    self.metrics
+                )
+            except OSError as exc:
+                host, port = self.metrics
+                raise SystemExit(
+                    f"cannot answer metrics on {host}:{port}: {exc.strerror}"
+                ) from None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopped.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload_key)
@@ -139,6 +158,8 @@ class NodeServer:
         log.info("listening on %s:%d (pid %d)", *self.listen, os.getpid())
         await self._stopped.wait()
         log.info("stopping on signal")
+        if metrics_server is not None:
+            metrics_server.close()
         loop.remove_reader(self._sock.fileno())
         self._sock.close()
         if self._peer_sock is not None:
@@ -338,8 +359,14 @@ def tick_after(
     return last + steps * interval
 
 
-def serve(node: Node, listen: Addr, gossip: bool, key_file: Path | None = None) -> None:
-    server = NodeServer(node, listen, gossip, key_file)
+def serve(
+    node: Node,
+    listen: Addr,
+    gossip: bool,
+    key_file: Path | None = None,
+    metrics: Addr | None = None,
+) -> None:
+    server = NodeServer(node, listen, gossip, key_file, metrics)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a pinned dependency

@@ -223,6 +223,15 @@ class ChainWrites:
             pending.pop(message_id, None)
         return []
 
+    def knows(self, message_id: bytes) -> bool:
+        """Whether a write of this ID is on its way down from here, or was handed
+        on to another node to lead: a retry of it must take the normal path."""
+        return message_id in self._pending or message_id in self.handed_on
+
+    def pending_count(self) -> int:
+        """Writes this node sent on that are not yet acknowledged."""
+        return len(self._pending)
+
     def in_flight(self, key: bytes) -> bool:
         """Is a write of the key on its way down from here, not yet acknowledged?"""
         return bool(self._pending) and any(p.write.key == key for p in self._pending.values())
