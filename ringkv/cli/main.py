@@ -82,7 +82,7 @@ def node(
 ) -> None:  # fmt: skip
     """Run one node of a cluster."""
     from ringkv.core.node import Node, NodeConfig
-    from ringkv.runtime.server import serve
+    from ringkv.runtime.server import NodeServer, serve
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -115,7 +115,7 @@ def node(
         admin_from=admin_from or None,
     )
     metrics = None if metrics_port is None else (listen[0], metrics_port)
-    serve(Node(config), listen, gossip=len(servers) > 1, key_file=key_file, metrics=metrics)
+    serve(NodeServer(Node(config), listen, len(servers) > 1, key_file, metrics))
 
 
 @main.group()

@@ -359,14 +359,8 @@ def tick_after(
     return last + steps * interval
 
 
-def serve(
-    node: Node,
-    listen: Addr,
-    gossip: bool,
-    key_file: Path | None = None,
-    metrics: Addr | None = None,
-) -> None:
-    server = NodeServer(node, listen, gossip, key_file, metrics)
+def serve(server: NodeServer) -> None:
+    """Run a node's server on uvloop until SIGTERM or SIGINT."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a pinned dependency
