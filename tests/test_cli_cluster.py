@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
+
+import pytest
+
 from ringkv.cli.cluster import datagrams_per_request, status_table
+from ringkv.client.client import Client
+from ringkv.client.local import free_udp_port
+from ringkv.runtime.cluster import LocalCluster, local_servers
 
 
 def test_datagrams_per_request_counts_the_request_and_all_the_nodes_sent() -> None:
@@ -26,3 +35,24 @@ def test_status_table_notes_a_node_that_sheds_requests() -> None:
     table = status_table(servers, after, before, 2.0, set())
     notes = list(table.columns[-1].cells)
     assert notes == ["overloaded: 25 req/s shed", ""]
+
+
+def test_a_node_that_exits_is_reaped_and_shown_with_its_status(tmp_path: Path) -> None:
+    servers = local_servers(1, "127.0.0.1", free_udp_port(), distinct_hosts=False)
+    cluster = LocalCluster.create(servers, tmp_path)
+    cluster.start()
+    try:
+        cluster.wait_ready(30)
+        pid = cluster.pid(0)
+        with Client(servers[0], timeout=0.5) as client:
+            client.shutdown()
+        deadline = time.monotonic() + 10
+        while not cluster.exited() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cluster.exited() == {0: 0}
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped already: no zombie holds the pid
+        table = status_table(servers, {}, {}, 1.0, set(), cluster.exited())
+        assert list(table.columns[-1].cells) == ["exited (status 0)"]
+    finally:
+        cluster.stop()

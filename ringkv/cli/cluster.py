@@ -287,7 +287,8 @@ def watch(
             statuses = query_status(servers, timeout=0.5, keyring=keyring)
             now = time.monotonic()
             suspended = local.suspended if local else set()
-            live.update(status_table(servers, statuses, previous, now - last, suspended))
+            exited = local.exited() if local else {}
+            live.update(status_table(servers, statuses, previous, now - last, suspended, exited))
             previous, last = statuses, now
             time.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
 
@@ -298,6 +299,7 @@ def status_table(
     previous: dict[int, dict[str, Any]],
     interval: float,
     suspended: set[int],
+    exited: dict[int, int] | None = None,
 ) -> Table:
     views = [s.get("states", "") for s in statuses.values()]
     answered = len(statuses)
@@ -313,6 +315,8 @@ def status_table(
         seen = _cluster_view(index, views)
         style = _STATE_STYLES.get(seen, "")
         note = "suspended here" if index in suspended else ("" if status else "no answer")
+        if exited and index in exited:
+            note = f"exited (status {exited[index]})"
         row = [str(index), f"{host}:{port}", "", f"[{style}]{seen}"]
         if status is None:
             table.add_row(*row, "", "", "", "", "", note)

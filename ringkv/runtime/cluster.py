@@ -170,11 +170,15 @@ class LocalCluster:
             time.sleep(0.1)
 
     def _check_exited(self) -> None:
-        for index, proc in self.procs.items():
-            code = proc.poll()
-            if code is not None:
-                log = self.workdir / "logs" / f"node-{index}.log"
-                raise RuntimeError(f"node {index} exited with code {code}; see {log}")
+        for index, code in self.exited().items():
+            log = self.workdir / "logs" / f"node-{index}.log"
+            raise RuntimeError(f"node {index} exited with code {code}; see {log}")
+
+    def exited(self) -> dict[int, int]:
+        """Nodes whose process has ended, with its exit status (negative: the
+        signal that ended it). Asking reaps them: no zombie keeps its pid."""
+        codes = {index: proc.poll() for index, proc in self.procs.items()}
+        return {index: code for index, code in codes.items() if code is not None}
 
     def pid(self, index: int) -> int:
         return self.procs[index].pid
