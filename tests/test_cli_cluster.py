@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -54,5 +56,27 @@ def test_a_node_that_exits_is_reaped_and_shown_with_its_status(tmp_path: Path) -
             os.waitpid(pid, os.WNOHANG)  # reaped already: no zombie holds the pid
         table = status_table(servers, {}, {}, 1.0, set(), cluster.exited())
         assert list(table.columns[-1].cells) == ["exited (status 0)"]
+    finally:
+        cluster.stop()
+
+
+def test_a_membership_change_is_one_json_line_in_each_nodes_log(tmp_path: Path) -> None:
+    servers = local_servers(3, "127.0.0.1", free_udp_port(), distinct_hosts=False)
+    cluster = LocalCluster.create(servers, tmp_path, log_format="json")
+    cluster.start()
+    try:
+        cluster.wait_ready(30)
+        os.kill(cluster.pid(2), signal.SIGKILL)
+        log = tmp_path / "logs" / "node-0.log"
+        deadline, views = time.monotonic() + 20, []
+        while not any(v["healthy"] == 2 for v in views) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            lines = [json.loads(line) for line in log.read_text().splitlines()]
+            views = [line for line in lines if line.get("event") == "view"]
+        last = views[-1]
+        assert last["healthy"] == 2 and last["not_healthy"] == [2]
+        assert last["node"] == f"{servers[0][0]}:{servers[0][1]}" and last["level"] == "info"
+        assert last["slots"] >= last["was"]["slots"]  # node 0 took over some of node 2's slots
+        assert all(line["level"] != "error" for line in lines)
     finally:
         cluster.stop()

@@ -52,6 +52,9 @@ class _OrderNode:
         self.calls.append("gossip")
         return []
 
+    def take_notices(self) -> list:
+        return []
+
 
 def _server_with_a_queued_datagram(since_last_tick: float) -> tuple[NodeServer, _OrderNode]:
     node = _OrderNode()

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,20 +73,21 @@ def main() -> None:
     default="info",
     show_default=True,
 )
+@click.option(
+    "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="json: one object a line, a membership change's fields as fields.",
+)  # fmt: skip
 def node(
     listen: Addr, servers_file: Path | None, memory_mb: int, replicas: int,
     key_file: Path | None, insecure: bool, admin_from: tuple[IPNetwork, ...],
-    metrics_port: int | None, log_level: str,
+    metrics_port: int | None, log_level: str, log_format: str,
 ) -> None:  # fmt: skip
     """Run one node of a cluster."""
     from ringkv.core.node import Node, NodeConfig
+    from ringkv.runtime.logs import configure
     from ringkv.runtime.server import NodeServer, serve
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s node {listen[0]}:{listen[1]} %(message)s",
-    )
+    configure(listen, log_level, log_format)
     servers = [listen]
     if servers_file:
         servers = read_servers(servers_file)

@@ -9,11 +9,20 @@ from __future__ import annotations
 import ipaddress
 import random
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ringkv.core.membership import Membership, MembershipConfig
+from ringkv.core.membership import (
+    DoubtChanged,
+    Membership,
+    MembershipConfig,
+    MembershipEvent,
+    Paused,
+    Suspected,
+    ViewChanged,
+)
 from ringkv.core.replication import Replication, ReplicationConfig
 from ringkv.core.replies import DEFAULT_RETENTION, ReplyCache
 from ringkv.core.ring import Ring, key_position
@@ -83,6 +92,23 @@ class NodeConfig:
     admin_from: tuple[IPNetwork, ...] | None = None
 
 
+@dataclass(frozen=True)
+class Notice:
+    """Something an operator wants in the log: a membership change, what this
+    node holds after it, a pause. The runtime logs them; nothing per request."""
+
+    event: str
+    fields: dict[str, Any]
+
+    def text(self) -> str:
+        return self.event + ": " + ", ".join(f"{k} {v}" for k, v in self.fields.items())
+
+
+MAX_NOTICES = (
+    256  # kept for the runtime to log; a driver that never asks (simulator) loses the oldest
+)
+
+
 @dataclass
 class Outbox:
     """What a tick sends: on the data port and on the gossip port."""
@@ -139,6 +165,7 @@ class Node:
         # Message IDs answered OVERLOAD, and when: every try of one that arrived
         # before then is answered the same, so no try of it is executed meanwhile.
         self._shed_at: dict[bytes, float] = {}
+        self._notices: deque[Notice] = deque(maxlen=MAX_NOTICES)
         seed = self.index if config.seed is None else config.seed
         # A one-node cluster has nobody to gossip with.
         self.membership = (
@@ -331,7 +358,47 @@ class Node:
         assert self.membership is not None
         events = self.membership.take_events()
         # Called after every datagram; almost always nothing to follow.
-        return self.replication.on_membership(events, now) if events else []
+        if not events:
+            return []
+        held = self._slots_held()
+        sends = self.replication.on_membership(events, now)
+        self._note(events, held)
+        return sends
+
+    def take_notices(self) -> list[Notice]:
+        """What happened since the last call that an operator should read, oldest first."""
+        notices = list(self._notices)
+        self._notices.clear()
+        return notices
+
+    def _slots_held(self) -> dict[str, int]:
+        """Ring slots this node is in the chain of, and heads and tails of."""
+        view, me = self.replication.view, self.index
+        chains = [view.chain(slot) for slot in view.mine]
+        return {
+            "slots": len(chains),
+            "head": sum(1 for chain in chains if chain[0] == me),
+            "tail": sum(1 for chain in chains if chain[-1] == me),
+        }
+
+    def _note(self, events: list[MembershipEvent], held: dict[str, int]) -> None:
+        for event in events:
+            if isinstance(event, Paused):
+                self._notices.append(Notice("paused", {"seconds": round(event.gap, 3)}))
+            elif isinstance(event, Suspected):
+                self._notices.append(Notice("suspected", {"refuted": True}))
+            elif isinstance(event, DoubtChanged):
+                self._notices.append(Notice("doubt", {"in_doubt": event.in_doubt}))
+            elif isinstance(event, ViewChanged):
+                everyone = range(len(self.config.servers))
+                fields = {
+                    "healthy": len(event.healthy),
+                    "alive": len(event.alive),
+                    "not_healthy": [i for i in everyone if i not in event.healthy][:20],
+                    **self._slots_held(),
+                    "was": held,
+                }
+                self._notices.append(Notice("view", fields))
 
     def _to_gossip(self, sends: list[tuple[bytes, int]]) -> list[Send]:
         self.stats.gossip_sent += len(sends)

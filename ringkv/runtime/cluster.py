@@ -76,6 +76,7 @@ class LocalCluster:
     memory_mb: int = 512
     replicas: int = 3
     log_level: str = "info"
+    log_format: str = "text"
     key_file: Path | None = None  # None: the nodes run --insecure
     metrics: bool = False  # each node answers Prometheus on metrics_addr(its address)
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -132,6 +133,7 @@ class LocalCluster:
             "--memory-mb", str(self.memory_mb),
             "--replicas", str(self.replicas),
             "--log-level", self.log_level,
+            "--log-format", self.log_format,
         ]  # fmt: skip
         if self.key_file is not None:
             command += ["--cluster-key", str(self.key_file)]

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ringkv.core.node import TICK_INTERVAL, Node
+from ringkv.runtime.logs import FIELDS
 from ringkv.servers import gossip_addr, peer_addr
 from ringkv.wire import Addr, Send
 from ringkv.wire.seal import KeyringError, load_keyring
@@ -252,6 +253,7 @@ class NodeServer:
             return
         if sends:
             self._send_gossip(sends)
+        self._log_notices()
         self._arm(now)  # e.g. an ACK: the probe's PING_REQ deadline is off
 
     def _send_gossip(self, sends: list[Send]) -> None:
@@ -292,8 +294,14 @@ class NodeServer:
             self._send(outbox.data)
         if outbox.gossip:
             self._send_gossip(outbox.gossip)
+        self._log_notices()
         if stopped:
             self._read_queued_gossip()
+
+    def _log_notices(self) -> None:
+        """One line for each membership change and what follows it (Node.take_notices)."""
+        for notice in self.node.take_notices():
+            log.info("%s", notice.text(), extra={FIELDS: {"event": notice.event, **notice.fields}})
 
     def _read_queued_gossip(self) -> None:
         """After a stop, what others decided meanwhile comes before queued requests.
