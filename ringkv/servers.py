@@ -8,6 +8,8 @@ client requests: the data port itself is for clients and tools.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from pathlib import Path
 
 from ringkv.wire import Addr
@@ -76,14 +78,38 @@ def _check_derived_ports(servers: list[Addr]) -> None:
 
 
 def load_servers(path: str | Path) -> list[Addr]:
+    """The server list in `path`, host names resolved to addresses (once, here:
+    a node never resolves a name on its event loop)."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ServerListError(f"cannot read server list {path}: {exc.strerror}") from None
     try:
-        return parse_servers(text)
+        servers = parse_servers(text)
+        resolved = [resolve_addr(addr) for addr in servers]
+        if resolved != servers:
+            resolved = parse_servers("".join(f"[{h}]:{p}\n" for h, p in resolved))
+        return resolved
     except ServerListError as exc:
         raise ServerListError(f"{path}: {exc}") from None
+
+
+def resolve_addr(addr: Addr) -> Addr:
+    """`addr` with its host as an IP address: a name is looked up (IPv4 first)."""
+    host, port = addr
+    try:
+        ipaddress.ip_address(host)
+        return addr
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ServerListError(
+            f"{host}:{port}: the name {host!r} does not resolve ({exc})"
+        ) from None
+    found.sort(key=lambda info: info[0] != socket.AF_INET)
+    return str(found[0][4][0]), port
 
 
 def gossip_addr(addr: Addr) -> Addr:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
-from ringkv.servers import ServerListError, gossip_addr, parse_servers, peer_addr
+from ringkv.servers import ServerListError, gossip_addr, load_servers, parse_servers, peer_addr
 
 
 def test_a_server_list_with_comments_and_ipv6() -> None:
@@ -42,3 +45,15 @@ def test_a_bad_server_list_names_the_problem(text: str, message: str) -> None:
 
 def test_the_same_ports_on_different_hosts_are_fine() -> None:
     assert len(parse_servers("10.0.0.1:5000\n10.0.0.2:6000\n10.0.0.2:5500\n")) == 3
+
+
+def test_host_names_are_resolved_once_when_the_list_is_read(tmp_path: Path) -> None:
+    servers = tmp_path / "servers.txt"
+    servers.write_text("localhost:43100\n127.0.0.1:43101\n")
+    assert load_servers(servers) == [("127.0.0.1", 43100), ("127.0.0.1", 43101)]
+    servers.write_text("localhost:43100\n127.0.0.1:43100\n")  # the same node twice
+    with pytest.raises(ServerListError, match="listed twice"):
+        load_servers(servers)
+    servers.write_text("127.0.0.1:43100\nno-such-host.invalid:43101\n")
+    with pytest.raises(ServerListError, match=re.escape("'no-such-host.invalid' does not resolve")):
+        load_servers(servers)

@@ -29,6 +29,7 @@ from ringkv.cli.options import (
     timeout_option,
     tries_option,
 )
+from ringkv.servers import ServerListError, resolve_addr
 from ringkv.wire import Addr
 
 if TYPE_CHECKING:
@@ -88,6 +89,10 @@ def node(
     from ringkv.runtime.server import NodeServer, serve
 
     configure(listen, log_level, log_format)
+    try:
+        listen = resolve_addr(listen)
+    except ServerListError as exc:
+        raise click.UsageError(f"--listen {exc}") from None
     servers = [listen]
     if servers_file:
         servers = read_servers(servers_file)
