@@ -115,7 +115,8 @@ def up(
         config = write_prometheus_config(servers, servers_file.resolve().parent)
         first = metrics_addr(servers[0])
         console.print(
-            f"metrics on http://{first[0]}:{first[1]}/metrics and on; for Prometheus: {config}"
+            f"metrics: http://{first[0]}:{first[1]}/metrics for node 0, each node at its port"
+            f" + 3000; Prometheus config: {config}"
         )
     if detach:
         local.wait_ready()

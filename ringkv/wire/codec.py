@@ -174,15 +174,20 @@ _ERR_FIELDS = [b"\x08" + bytes((code,)) for code in range(128)]
 
 def reply_err(reply: bytes) -> int:
     """The errCode of a reply made by encode_response (which writes it first in
-    the payload), read without parsing the rest; -1 for anything else."""
+    the payload), read without parsing the rest; -1 for anything else. Called
+    for every reply a node sends (metrics), so the usual layout, a message ID
+    shorter than 128 bytes, is read without a loop."""
     try:
-        i = 0
-        if reply[0] == 0x0A:  # the message ID
+        if reply[0] == 0x0A and reply[1] < 0x80:  # the message ID, its length one byte
+            i = reply[1] + 2
+        elif reply[0] == 0x0A:
             length, i = _varint_at(reply, 1)
             i += length
+        else:
+            i = 0
         if reply[i] != 0x12:
             return -1
-        _, i = _varint_at(reply, i + 1)
+        i += 2 if reply[i + 1] < 0x80 else 3 if reply[i + 2] < 0x80 else 4  # payload length
         if reply[i] != 0x08 or reply[i + 1] >= 0x80:
             return -1
         return reply[i + 1]
