@@ -17,7 +17,10 @@ from cluster_helpers import wait_for_counts
 from ringkv.check.fuzz import Fuzzer, FuzzTargetError, _is_client_write
 from ringkv.client.client import Client, ClientTimeout
 from ringkv.client.local import free_udp_port, local_node
+from ringkv.core.node import Node, NodeConfig
 from ringkv.runtime.cluster import LocalCluster, local_servers
+from ringkv.servers import peer_addr
+from ringkv.wire import peer
 from ringkv.wire.codec import Command, Err, encode_request
 from ringkv.wire.seal import load_keyring
 
@@ -126,3 +129,22 @@ def test_a_key_rotates_across_a_running_cluster_without_losing_a_request(tmp_pat
     finally:
         stop.set()
         cluster.stop()
+
+
+def test_fuzzed_peer_messages_from_a_member_of_an_unkeyed_cluster_never_raise() -> None:
+    """The deepest a forged datagram gets: the peer port of a node without a key,
+    from a member's own address. BATCHes (some holding a BATCH) and ACKs of
+    many writes among them; each is decoded at the edge or dropped, and the
+    node's slot states keep their rules."""
+    servers = tuple(("127.0.0.1", 43100 + i) for i in range(3))
+    node = Node(NodeConfig(servers=servers, self_index=0))
+    fuzzer = Fuzzer(servers[0], seed=3, nodes=3)
+    kinds = set()
+    for i in range(5_000):
+        message = fuzzer._peer_message()
+        kinds.add(message[2:3])
+        node.on_peer_datagram(message, peer_addr(servers[1]), 1.0 + i * 1e-4)
+        node.on_datagram(message, ("127.0.0.1", 5555), 1.0 + i * 1e-4)
+    node.check_invariants()
+    assert {bytes((peer.BATCH,)), bytes((peer.ACK,))} <= kinds
+    assert node.stats.dropped > 0

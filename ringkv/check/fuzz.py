@@ -8,8 +8,9 @@ generator, a mix of
   well-formed requests with fields no client should send (unknown commands,
   keys and values over the limits, message IDs of any length);
 - well-formed peer messages of every kind (FORWARD, REPLICATE, SYNC_*,
-  HANDOFF, STATUS, ...) with hostile fields: stamps near 2^64, unknown
-  nodes and slots, the node's own address as the client, host names;
+  HANDOFF, STATUS, ACKs of many writes, BATCHes of them, ...) with hostile
+  fields: stamps near 2^64, unknown nodes and slots, the node's own address
+  as the client, host names;
   plain, and wrapped in seals with made-up keys and tags, to the client port
   and to the peer port;
 - well-formed gossip (the node's neighbours declared dead at the top
@@ -240,9 +241,9 @@ class Fuzzer:
         )
         return host, port
 
-    def _peer_message(self) -> bytes:
+    def _peer_message(self, depth: int = 0) -> bytes:
         rng = self.rng
-        kind = rng.randrange(10)
+        kind = rng.randrange(12 if depth == 0 else 10)  # BATCHes of BATCHes: one level
         if kind == 0:  # a write of a sentinel, passed on as if by a member
             put = KVRequest(command=Command.PUT, key=self._key(), value=b"forged")
             request = encode_msg(self._message_id(), put.SerializeToString())
@@ -266,6 +267,14 @@ class Fuzzer:
                 return self._random_bytes()
         if kind == 5:
             return peer.encode_ack(self._message_id())
+        if kind == 10:  # ACKs of many writes at once
+            ids = [self._message_id() for _ in range(rng.randint(1, 200))]
+            return rng.choice(peer.encode_acks(ids))
+        if kind == 11:  # a BATCH of messages, one of them perhaps a BATCH itself
+            parts = [self._peer_message(depth + 1) for _ in range(rng.randint(1, 8))]
+            if rng.random() < 0.1:
+                parts.append(peer.pack([self._peer_message(depth + 1) for _ in range(2)])[0])
+            return rng.choice(peer.pack(parts, rng.choice((64, 512, peer.BATCH_BYTES))))
         if kind == 6:
             slots = tuple(rng.randrange(1 << 16) for _ in range(rng.randint(0, 300)))
             pull = SyncRequest(rng.getrandbits(32), self._node(), rng.getrandbits(64), slots)
