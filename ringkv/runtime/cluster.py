@@ -47,9 +47,9 @@ def metrics_addr(addr: Addr) -> Addr:
     return addr[0], addr[1] + METRICS_PORT_OFFSET
 
 
-def write_prometheus_config(servers: list[Addr], folder: Path) -> Path:
+def write_prometheus_config(servers: list[Addr], folder: Path, interval: int = 5) -> Path:
     """A file_sd target list of the nodes' metrics endpoints and a minimal
-    prometheus.yml that scrapes them; returns the latter."""
+    prometheus.yml that scrapes them every `interval` seconds; returns the latter."""
     hosts = [metrics_addr(addr) for addr in servers]
     targets = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in hosts]
     group = {"targets": targets, "labels": {"job": "ringkv"}}
@@ -59,7 +59,7 @@ def write_prometheus_config(servers: list[Addr], folder: Path) -> Path:
         "# Scrapes every node of the cluster `ringkv cluster up` started here:\n"
         f"#   prometheus --config.file={config.name}\n"
         "global:\n"
-        "  scrape_interval: 5s\n"
+        f"  scrape_interval: {interval}s\n"
         "scrape_configs:\n"
         "  - job_name: ringkv\n"
         "    file_sd_configs:\n"
