@@ -5,11 +5,30 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from ringkv.client.client import AsyncClient, ClientTimeout
 from ringkv.runtime.cluster import LocalCluster
+from ringkv.wire import Addr
 from ringkv.wire.codec import Err
+
+
+@contextmanager
+def running(
+    servers: list[Addr], workdir: Path, ready: float = 30.0, **options: Any
+) -> Iterator[LocalCluster]:
+    """A LocalCluster of `servers` (LocalCluster.create's options), started and
+    serving every slot, stopped when the block ends."""
+    cluster = LocalCluster.create(servers, workdir, **options)
+    cluster.start()
+    try:
+        cluster.wait_ready(ready)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def wait_for_counts(cluster: LocalCluster, want: int, limit: float) -> float:

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cluster_helpers import running
 
 from ringkv.cli.cluster import datagrams_per_request, status_table
 from ringkv.client.client import Client
 from ringkv.client.local import free_udp_port
-from ringkv.runtime.cluster import LocalCluster, local_servers
+from ringkv.runtime.cluster import local_servers
 
 
 def test_datagrams_per_request_counts_the_request_and_all_the_nodes_sent() -> None:
@@ -41,10 +42,7 @@ def test_status_table_notes_a_node_that_sheds_requests() -> None:
 
 def test_a_node_that_exits_is_reaped_and_shown_with_its_status(tmp_path: Path) -> None:
     servers = local_servers(1, "127.0.0.1", free_udp_port(), distinct_hosts=False)
-    cluster = LocalCluster.create(servers, tmp_path)
-    cluster.start()
-    try:
-        cluster.wait_ready(30)
+    with running(servers, tmp_path) as cluster:
         pid = cluster.pid(0)
         with Client(servers[0], timeout=0.5) as client:
             client.shutdown()
@@ -56,16 +54,11 @@ def test_a_node_that_exits_is_reaped_and_shown_with_its_status(tmp_path: Path) -
             os.waitpid(pid, os.WNOHANG)  # reaped already: no zombie holds the pid
         table = status_table(servers, {}, {}, 1.0, set(), cluster.exited())
         assert list(table.columns[-1].cells) == ["exited (status 0)"]
-    finally:
-        cluster.stop()
 
 
 def test_a_membership_change_is_one_json_line_in_each_nodes_log(tmp_path: Path) -> None:
     servers = local_servers(3, "127.0.0.1", free_udp_port(), distinct_hosts=False)
-    cluster = LocalCluster.create(servers, tmp_path, log_format="json")
-    cluster.start()
-    try:
-        cluster.wait_ready(30)
+    with running(servers, tmp_path, log_format="json") as cluster:
         os.kill(cluster.pid(2), signal.SIGKILL)
         log = tmp_path / "logs" / "node-0.log"
         deadline, views = time.monotonic() + 20, []
@@ -78,5 +71,3 @@ def test_a_membership_change_is_one_json_line_in_each_nodes_log(tmp_path: Path) 
         assert last["node"] == f"{servers[0][0]}:{servers[0][1]}" and last["level"] == "info"
         assert last["slots"] >= last["was"]["slots"]  # node 0 took over some of node 2's slots
         assert all(line["level"] != "error" for line in lines)
-    finally:
-        cluster.stop()

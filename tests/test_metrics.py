@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_helpers import running
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -114,13 +115,8 @@ def test_a_node_answers_scrapes_and_survives_hostile_connections() -> None:
 @pytest.fixture
 def cluster10_with_metrics(tmp_path: Path) -> Iterator[LocalCluster]:
     servers = local_servers(10, "", free_udp_port(), distinct_hosts=True)
-    cluster = LocalCluster.create(servers, tmp_path, metrics=True)
-    cluster.start()
-    try:
-        cluster.wait_ready(60)
+    with running(servers, tmp_path, ready=60, metrics=True) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.mark.cluster

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cluster_helpers import running
 
 from ringkv.client.client import Client
 from ringkv.client.local import free_udp_port
@@ -39,13 +40,8 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
             "needs prometheus and promtool (Debian's prometheus package; .ci/run installs it)"
         )
     servers = local_servers(3, "127.0.0.1", free_udp_port(), distinct_hosts=False)
-    running = LocalCluster.create(servers, tmp_path, metrics=True)
-    running.start()
-    try:
-        running.wait_ready(30)
-        yield running
-    finally:
-        running.stop()
+    with running(servers, tmp_path, metrics=True) as started:
+        yield started
 
 
 def _query(port: int, expression: str) -> list[dict[str, object]]:
