@@ -21,7 +21,6 @@ from ringkv.wire.codec import (
     encode_request,
     encode_response,
     new_message_id,
-    reply_err,
 )
 
 
@@ -112,18 +111,3 @@ def test_hand_encoded_response_matches_protobuf(
         overloadWaitTime=wait,
     ).SerializeToString()  # fmt: skip
     assert decode_msg(data)[1] == expected
-
-
-@pytest.mark.parametrize("id_length", [0, 1, 16, 127, 128, 300])
-@pytest.mark.parametrize("err", [Err.OK, Err.NO_KEY, Err.OVERLOAD, 0x7F])
-def test_reply_err_reads_the_error_code_of_any_reply(id_length: int, err: int) -> None:
-    for value in (b"", b"v" * 10_000):
-        reply = encode_response(b"i" * id_length, err, value=value, pid=7, overload_wait_ms=5)
-        assert reply_err(reply) == err
-
-
-def test_reply_err_is_minus_one_for_what_is_not_a_reply() -> None:
-    assert reply_err(b"RK\x03status") == -1  # a tool's STATUS answer
-    assert reply_err(b"") == -1
-    assert reply_err(encode_msg(b"i" * 16, b"")) == -1
-    assert reply_err(encode_response(b"i" * 16, Err.OK)[:-12]) in (0, -1)  # cut: no crash

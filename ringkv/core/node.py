@@ -38,8 +38,6 @@ from ringkv.wire.codec import (
     WireError,
     decode_msg,
     decode_request,
-    encode_response,
-    reply_err,
 )
 from ringkv.wire.peer import Forward, PeerDecodeError, PeerLimits, StatusRequest
 from ringkv.wire.seal import OPERATOR, Channel, Keyring, Refused, Sealer
@@ -133,7 +131,6 @@ class NodeStats:
     # Peer messages sent, by kind byte (wire.peer): several may share a datagram.
     peer_sent: list[int] = field(default_factory=lambda: [0] * 256)
     commands: list[int] = field(default_factory=lambda: [0] * 256)  # client requests by command
-    reply_errs: list[int] = field(default_factory=lambda: [0] * 128)  # client replies by errCode
     # Client requests by time queued (QUEUE_WAIT_BOUNDS), and those times summed.
     queue_wait: list[int] = field(default_factory=lambda: [0] * (len(QUEUE_WAIT_BOUNDS) + 1))
     queue_wait_sum: float = 0.0
@@ -308,7 +305,7 @@ class Node:
         """OVERLOAD, with a wait of about as long as the request waited."""
         self.stats.shed += 1
         wait = min(max(int(age * 1000), MIN_OVERLOAD_WAIT_MS), MAX_OVERLOAD_WAIT_MS)
-        return [(encode_response(message_id, Err.OVERLOAD, overload_wait_ms=wait), client)]
+        return [(self.replies.answer(message_id, Err.OVERLOAD, overload_wait_ms=wait), client)]
 
     def on_gossip(self, data: bytes, src: Addr, now: float) -> list[Send]:
         """A datagram on the gossip port (membership)."""
@@ -483,11 +480,6 @@ class Node:
                 counts[ack[2]] += 1
                 by_member[index_of[dest]].append(ack)
         stats.replies += len(out)
-        errs = stats.reply_errs
-        for payload, _ in out:
-            err = reply_err(payload)
-            if err >= 0:
-                errs[err] += 1
         addrs, sealer = self._peer_addrs, self._sealer
         for index, messages in by_member.items():
             dest = addrs[index]
@@ -546,7 +538,7 @@ class Node:
             "replies": self.stats.replies,
             "peer_sent": self.stats.peer_sent_by_kind(),
             "commands": self.stats.commands_by_name(),
-            "reply_errs": {str(e): n for e, n in enumerate(self.stats.reply_errs) if n},
+            "reply_errs": {str(e): n for e, n in enumerate(self.replies.answered) if n},
             "queue_wait": {
                 "bounds": QUEUE_WAIT_BOUNDS,
                 "counts": self.stats.queue_wait,
@@ -568,7 +560,7 @@ class Node:
         if command in _KEY_COMMANDS:
             err = _validate(request)
             if err:
-                return [(encode_response(message_id, err), src)]
+                return [(self.replies.answer(message_id, err), src)]
             return self.replication.on_key_request(message_id, request, data, src, 0, now)
         return self._admin(message_id, command, src, now)
 
@@ -624,27 +616,28 @@ class Node:
 
     def _admin(self, message_id: bytes, command: int, src: Addr, now: float) -> list[Send]:
         """Commands answered by the node that received them."""
+        answer = self.replies.answer
         done = self.replies.get(message_id)
         if done is not None:
-            return [(encode_response(message_id, done), src)]
+            return [(answer(message_id, done), src)]
         if command == Command.IS_ALIVE:
-            reply = encode_response(message_id, Err.OK)
+            reply = answer(message_id, Err.OK)
         elif command == Command.GET_PID:
-            reply = encode_response(message_id, Err.OK, pid=self.config.pid)
+            reply = answer(message_id, Err.OK, pid=self.config.pid)
         elif command == Command.GET_MEMBERSHIP_COUNT:
-            reply = encode_response(message_id, Err.OK, membership_count=self.membership_count())
+            reply = answer(message_id, Err.OK, membership_count=self.membership_count())
         elif command in _RESTRICTED and not self._admin_allowed(src):
             self.stats.refused_admin += 1
-            reply = encode_response(message_id, Err.BAD_COMMAND)  # not offered to this client
+            reply = answer(message_id, Err.BAD_COMMAND)  # not offered to this client
         elif command == Command.WIPEOUT:
             self.storage.wipe()
-            reply = encode_response(message_id, Err.OK)
+            reply = answer(message_id, Err.OK)
             self.replies.put(message_id, Err.OK, now)
         elif command == Command.SHUTDOWN:
             self.exit_requested = True
-            reply = encode_response(message_id, Err.OK)
+            reply = answer(message_id, Err.OK)
         else:
-            reply = encode_response(message_id, Err.BAD_COMMAND)
+            reply = answer(message_id, Err.BAD_COMMAND)
         return [(reply, src)]
 
     def _admin_allowed(self, src: Addr) -> bool:

@@ -14,6 +14,10 @@ are the first `count` keys of the dict when it is the oldest. The total is
 also capped: past `max_entries` entries, or `max_bytes` of message IDs (a
 client chooses their length), the oldest entries go early, which bounds
 memory under any load.
+
+Every reply to a client is made by `answer`, which counts it by errCode
+(`answered`, for metrics) where the outcome is known, rather than reading
+it back out of the bytes later.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import math
 from collections import deque
 from itertools import islice
 from typing import Any
+
+from ringkv.wire.codec import encode_response
 
 DEFAULT_RETENTION = 10.0  # seconds; the protocol asks for at least 5
 DEFAULT_MAX_ENTRIES = 1_000_000  # ~100 MB at worst; 100k writes/s for 10 s
@@ -32,8 +38,8 @@ _SHARED_MAX = 4096  # distinct outcomes shared at once; a node writes to a few h
 
 class ReplyCache:
     __slots__ = (
-        "_buckets", "_outcomes", "_shared", "bytes", "hits", "max_bytes", "max_entries",
-        "retention",
+        "_buckets", "_outcomes", "_shared", "answered", "bytes", "hits", "max_bytes",
+        "max_entries", "retention",
     )  # fmt: skip
 
     def __init__(
@@ -53,6 +59,12 @@ class ReplyCache:
         self.max_bytes = max_bytes
         self.bytes = 0  # the entries' message IDs plus ENTRY_COST each
         self.hits = 0  # repeats answered from here
+        self.answered = [0] * 256  # replies made by answer(), by errCode
+
+    def answer(self, message_id: bytes, err: int, **fields: Any) -> bytes:
+        """A reply to a client (encode_response's fields), counted by errCode."""
+        self.answered[err & 0xFF] += 1
+        return encode_response(message_id, err, **fields)
 
     def __len__(self) -> int:
         return len(self._outcomes)

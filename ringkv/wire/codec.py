@@ -172,41 +172,6 @@ def encode_response(
 _ERR_FIELDS = [b"\x08" + bytes((code,)) for code in range(128)]
 
 
-def reply_err(reply: bytes) -> int:
-    """The errCode of a reply made by encode_response (which writes it first in
-    the payload), read without parsing the rest; -1 for anything else. Called
-    for every reply a node sends (metrics), so the usual layout, a message ID
-    shorter than 128 bytes, is read without a loop."""
-    try:
-        if reply[0] == 0x0A and reply[1] < 0x80:  # the message ID, its length one byte
-            i = reply[1] + 2
-        elif reply[0] == 0x0A:
-            length, i = _varint_at(reply, 1)
-            i += length
-        else:
-            i = 0
-        if reply[i] != 0x12:
-            return -1
-        i += 2 if reply[i + 1] < 0x80 else 3 if reply[i + 2] < 0x80 else 4  # payload length
-        if reply[i] != 0x08 or reply[i + 1] >= 0x80:
-            return -1
-        return reply[i + 1]
-    except IndexError:
-        return -1
-
-
-def _varint_at(data: bytes, i: int) -> tuple[int, int]:
-    """(value, index after it) of the varint at data[i]."""
-    value = shift = 0
-    while True:
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i
-        shift += 7
-
-
 def _int32(n: int) -> bytes:
     # protobuf writes a negative int32 as its 64-bit two's complement varint.
     return varint(n & 0xFFFF_FFFF_FFFF_FFFF) if n < 0 else varint(n)

@@ -28,7 +28,7 @@ from ringkv.core.replication.view import ChainView
 from ringkv.core.replies import ReplyCache
 from ringkv.core.storage import Storage
 from ringkv.wire import Addr, Send, peer
-from ringkv.wire.codec import Command, Err, KVRequest, encode_response
+from ringkv.wire.codec import Command, Err, KVRequest
 from ringkv.wire.peer import Ack, Write
 
 STAMP_NODE_BITS = 12
@@ -89,12 +89,12 @@ class ChainWrites:
             return self._resend(pending, now)
         done = self.replies.get(message_id)
         if done is not None:
-            return [(encode_response(message_id, done), client)]
+            return [(self.replies.answer(message_id, done), client)]
         key = request.key
         if request.command == Command.PUT:
             if not self.storage.fits(key, request.value):
                 self.replies.put(message_id, Err.NO_SPACE, now, slot)
-                return [(encode_response(message_id, Err.NO_SPACE), client)]
+                return [(self.replies.answer(message_id, Err.NO_SPACE), client)]
             value: bytes | None = request.value
         else:
             if not may_remove:
@@ -181,7 +181,7 @@ class ChainWrites:
                     acks[member] = [message_id]
                 else:
                     waiting.append(message_id)
-        return [(encode_response(message_id, write.err), write.client)]
+        return [(self.replies.answer(message_id, write.err), write.client)]
 
     def take_acks(self, members: Iterable[int] | None = None) -> list[Send]:
         """The ACKs waiting for these members (None: all of them), one message each

@@ -34,7 +34,7 @@ from ringkv.core.replies import ReplyCache
 from ringkv.core.ring import Ring
 from ringkv.core.storage import TOMBSTONE_TTL, Storage
 from ringkv.wire import Addr, Send, peer
-from ringkv.wire.codec import Command, Err, KVRequest, encode_response
+from ringkv.wire.codec import Command, Err, KVRequest
 from ringkv.wire.peer import (
     Ack,
     Handoff,
@@ -137,8 +137,8 @@ class Replication:
     def _read(self, message_id: bytes, key: bytes) -> bytes:
         entry = self.storage.get(key)
         if entry is None:
-            return encode_response(message_id, Err.NO_KEY)
-        return encode_response(message_id, Err.OK, value=entry[0], version=entry[1])
+            return self.replies.answer(message_id, Err.NO_KEY)
+        return self.replies.answer(message_id, Err.OK, value=entry[0], version=entry[1])
 
     # -- down the chain and back ------------------------------------------------
 
