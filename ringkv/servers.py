@@ -87,8 +87,13 @@ def load_servers(path: str | Path) -> list[Addr]:
     try:
         servers = parse_servers(text)
         resolved = [resolve_addr(addr) for addr in servers]
-        if resolved != servers:
-            resolved = parse_servers("".join(f"[{h}]:{p}\n" for h, p in resolved))
+        if resolved != servers:  # names: check again what they stand for
+            for (host, port), addr in zip(servers, resolved, strict=True):
+                first = resolved.index(addr)
+                if servers[first] != (host, port):
+                    name = f"{servers[first][0]}:{servers[first][1]}"
+                    raise ServerListError(f"{host}:{port} and {name} are both {addr[0]}:{port}")
+            _check_derived_ports(resolved)
         return resolved
     except ServerListError as exc:
         raise ServerListError(f"{path}: {exc}") from None
