@@ -28,6 +28,7 @@ from ringkv.cli.options import (
 )
 from ringkv.runtime.cluster import (
     KEY_FILE,
+    METRICS_PORT_OFFSET,
     LocalCluster,
     load_state,
     local_servers,
@@ -116,7 +117,7 @@ def up(
         first = metrics_addr(servers[0])
         console.print(
             f"metrics: http://{first[0]}:{first[1]}/metrics for node 0, each node at its port"
-            f" + 3000; Prometheus config: {config}"
+            f" + {METRICS_PORT_OFFSET}; Prometheus config: {config}"
         )
     if detach:
         local.wait_ready()
@@ -345,8 +346,9 @@ def status_table(
 def datagrams_per_request(
     statuses: dict[int, dict[str, Any]], previous: dict[int, dict[str, Any]] | None = None
 ) -> float | None:
-    """Every datagram a client request costs on the data port: the request itself,
-    plus all the nodes send (replies and peer datagrams), per request received.
+    """Every datagram a client request costs (client and peer ports, not gossip):
+    the request itself, plus all the nodes send (replies and peer datagrams), per
+    request received.
 
     Since `previous` (the same nodes' earlier statuses) if given, else since the
     nodes started; None before any request.
