@@ -10,6 +10,7 @@ Faults:
   forget-replies     no at-most-once reply cache: a retry runs again
   long-keys-ok       keys longer than 32 bytes are stored like any other (no errCode 6)
   omit-zero-errcode  proto3-style replies: errCode left out when it is 0
+  stale-reads        every STALE_EVERY-th GET of an overwritten key returns its previous value
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from ringkv.wire.codec import (
     encode_response,
 )
 
-FAULTS = ("forget-replies", "long-keys-ok", "omit-zero-errcode")
+FAULTS = ("forget-replies", "long-keys-ok", "omit-zero-errcode", "stale-reads")
+STALE_EVERY = 10
 RETENTION = 10.0  # seconds a reply is kept for retries
 OVERHEAD = 100  # bytes counted per stored entry on top of key and value
 
@@ -57,6 +59,8 @@ class Server:
     store: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)
     used: int = 0
     replies: dict[bytes, tuple[float, bytes]] = field(default_factory=dict)
+    previous: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)  # for stale-reads
+    gets: int = 0
 
     def handle(self, data: bytes) -> bytes | None:
         try:
@@ -92,8 +96,7 @@ class Server:
         if command == Command.PUT:
             return self.put(key, value, getattr(request, "version", 0))
         if command == Command.GET:
-            found = self.store.get(key)
-            return Answer(Err.OK, found[0], found[1]) if found else Answer(Err.NO_KEY)
+            return self.get(key)
         if command == Command.REMOVE:
             return self.remove(key)
         return self.admin(command)
@@ -106,8 +109,17 @@ class Server:
             return Err.BAD_VALUE
         return None
 
+    def get(self, key: bytes) -> Answer:
+        self.gets += 1
+        found = self.store.get(key)
+        if "stale-reads" in self.faults and self.gets % STALE_EVERY == 0:
+            found = self.previous.get(key, found)
+        return Answer(Err.OK, found[0], found[1]) if found else Answer(Err.NO_KEY)
+
     def put(self, key: bytes, value: bytes, version: int) -> Answer:
         old = self.store.get(key)
+        if old is not None:
+            self.previous[key] = old
         freed = len(key) + len(old[0]) + OVERHEAD if old else 0
         needed = len(key) + len(value) + OVERHEAD
         if self.used - freed + needed > self.budget:
@@ -126,6 +138,7 @@ class Server:
     def admin(self, command: int) -> Answer:
         if command == Command.WIPEOUT:
             self.store.clear()
+            self.previous.clear()
             self.used = 0
             return Answer(Err.OK)
         if command == Command.IS_ALIVE:

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 
 from ringkv.check.base import Params, Scale
+from ringkv.check.html import read_data
 from ringkv.check.load import Tally, make_value, timed_request, value_seq
 from ringkv.check.nodes import NodeControl, NodeControlError, is_local
 from ringkv.check.seq import Register, classify, schedule
@@ -211,10 +212,15 @@ def test_part2_quick_passes_against_a_local_cluster(tmp_path: Path) -> None:
     try:
         cluster.wait_ready(60)
         args = ["--part", "2", "--servers", str(cluster.servers_file)]
-        code, output, figures = run_check(tmp_path, *args)
+        code, output, figures = run_check(tmp_path, *args, "--report", str(tmp_path / "report"))
         print(output)
         assert code == 0, output
         assert all(verdicts(figures).values()) and len(figures["stages"]) == 13
+        # The report shades a window per suspension, each closed by its resume.
+        drawn = read_data(tmp_path / "report" / "report.html")["timeline"]
+        assert drawn["faults"] and all(f["end"] is not None for f in drawn["faults"])
+        assert drawn["nodes_down"][-1][1] == 0 and drawn["violation_count"] == 0
+        assert [s["name"] for s in drawn["spans"]] == list(verdicts(figures))
         # Every node the check suspended was resumed.
         states = {psutil.Process(cluster.pid(i)).status() for i in range(len(servers))}
         assert psutil.STATUS_STOPPED not in states

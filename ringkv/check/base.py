@@ -17,6 +17,7 @@ from typing import Any
 
 from ringkv.check.nodes import NodeControl
 from ringkv.check.report import Reporter
+from ringkv.check.timeline import Timeline
 from ringkv.client.client import ClientTimeout, Reply, describe_err
 from ringkv.wire import Addr
 
@@ -134,6 +135,7 @@ class Context:
     rng: random.Random = field(default_factory=random.Random)
     run_id: str = ""  # part of every key, so runs never read each other's data
     state: dict[str, Any] = field(default_factory=dict)
+    timeline: Timeline = field(default_factory=Timeline)  # the control's, when it keeps one
 
     @property
     def alive(self) -> list[Addr]:

@@ -38,14 +38,14 @@ import sys
 import threading
 import time
 import zlib
-from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from ringkv.check.timeline import Samples, percentile
 from ringkv.client.client import client_socket, resolve, route_ip
 from ringkv.client.local import stop
 from ringkv.wire import Addr
@@ -82,7 +82,7 @@ class WorkerResult:
     retries: int = 0
     mismatches: int = 0
     errors: dict[int, int] = field(default_factory=dict)
-    latencies: array[float] = field(default_factory=lambda: array("d"))
+    samples: Samples = field(default_factory=Samples)  # every request, when it finished
     elapsed: float = 0.0
     cpu: float = 0.0  # seconds of CPU the worker process spent meanwhile
 
@@ -112,13 +112,15 @@ class BenchResult:
     # The busiest worker process's CPU over the run, in % of one core: near 100,
     # the bench's own client set the pace, and the figures are its ceiling.
     client_cpu_pct: float = 0.0
+    # Every request as it finished, for a report over time; not part of the figures.
+    samples: Samples = field(default_factory=Samples, repr=False, compare=False)
 
     @property
     def client_bound(self) -> bool:
         return self.client_cpu_pct >= CLIENT_BOUND_PCT
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"}
 
 
 # -- encoding pieces -----------------------------------------------------------
@@ -158,7 +160,7 @@ class _Worker:
         self.stopping = False
         self.msg = Msg()  # reused: parsing into a live object saves an allocation per reply
         self.response = KVResponse()
-        self.latencies: array[float] = array("d")
+        self.samples = Samples()
         self.make_value = _value_maker(config.value_size)
 
 
@@ -270,6 +272,7 @@ class _Client(asyncio.DatagramProtocol):
             self.transport.sendto(self.datagram, self.target)
             return
         self.timeouts += 1
+        self.w.samples.timed_out(now)
         self._advance(ok=False)
 
     def _answered(self, err: int, response: KVResponse | None) -> None:
@@ -282,7 +285,7 @@ class _Client(asyncio.DatagramProtocol):
             delay = response.overloadWaitTime / 1000
             asyncio.get_running_loop().call_later(delay, self.resend)
             return
-        self.w.latencies.append(now - self.sent_at)
+        self.w.samples.answered(now, now - self.sent_at, err)
         self.answered += 1
         self.errors[err] = self.errors.get(err, 0) + 1
         if not self.is_put and self.expected is not None and response is not None:
@@ -338,7 +341,7 @@ async def _drive(worker: _Worker, clients: list[_Client], progress: Any, slot: i
 def _collect(
     worker: _Worker, clients: list[_Client], elapsed: float, cpu: float = 0.0
 ) -> WorkerResult:
-    result = WorkerResult(latencies=worker.latencies, elapsed=elapsed, cpu=cpu)
+    result = WorkerResult(samples=worker.samples, elapsed=elapsed, cpu=cpu)
     for c in clients:
         result.answered += c.answered
         result.timeouts += c.timeouts
@@ -466,15 +469,11 @@ def _check_alive(config: BenchConfig, workers: list[Any], began: float) -> None:
         raise BenchError("a bench process died")
 
 
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of sorted data, in the data's unit."""
-    if not ordered:
-        return 0.0
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 def merge(config: BenchConfig, results: list[WorkerResult]) -> BenchResult:
-    latencies: list[float] = sorted(x for r in results for x in r.latencies)
+    samples = Samples()
+    for r in results:
+        samples.extend(r.samples)
+    latencies = sorted(samples.latencies())
     answered = sum(r.answered for r in results)
     timeouts = sum(r.timeouts for r in results)
     errors: dict[int, int] = {}
@@ -507,6 +506,7 @@ def merge(config: BenchConfig, results: list[WorkerResult]) -> BenchResult:
         client_cpu_pct=round(
             max((100 * r.cpu / r.elapsed for r in results if r.elapsed), default=0.0), 1
         ),
+        samples=samples,
     )
 
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ringkv.check.base import Context
-from ringkv.check.bench import BenchConfig, BenchResult, percentile, run_bench
+from ringkv.check.bench import BenchConfig, BenchResult, run_bench
 from ringkv.check.report import StepBar
+from ringkv.check.timeline import percentile, record_request, record_samples
 from ringkv.client.client import AsyncClient, ClientError, ClientTimeout, Reply
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
@@ -153,8 +154,10 @@ async def timed_request(
         reply = await client.request(command, key, value, version, target=target)
     except ClientTimeout:
         tally.timeouts += 1
+        record_request(started, None)
         return None
     tally.answered(reply, started)
+    record_request(started, reply.err)
     return None if reply.err == Err.OVERLOAD else reply
 
 
@@ -290,6 +293,7 @@ def bench_runs(
                 bar.to(elapsed, f"{done / elapsed:,.0f} req/s" if elapsed else "")
 
             result = run_bench(config, progress)
+        record_samples(result.samples)
         results.append(result)
         label = f"{clients} client{'s' if clients > 1 else ''}"
         ctx.report.record(label, result.to_dict(), bench_line(result))

@@ -16,6 +16,7 @@ import subprocess
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
+from ringkv.check.timeline import Timeline
 from ringkv.client.client import Client, ClientError, resolve
 from ringkv.wire import Addr
 
@@ -52,10 +53,14 @@ def ask_pid(addr: Addr) -> int:
 
 
 class NodeControl:
-    """Which nodes this run suspended, and the pids to resume them with."""
+    """Which nodes this run suspended, and the pids to resume them with.
 
-    def __init__(self, ssh: str | None = None) -> None:
+    With a timeline, each suspension is kept there as a fault window.
+    """
+
+    def __init__(self, ssh: str | None = None, timeline: Timeline | None = None) -> None:
         self.ssh = ssh
+        self.timeline = timeline
         self.suspended: dict[Addr, int] = {}  # insertion order: the order they went down
         self.known: dict[Addr, int] = {}  # pids learned while the nodes answered
 
@@ -89,11 +94,20 @@ class NodeControl:
             pid = self.known[addr]
         self._signal(addr, pid, signal.SIGSTOP)
         self.suspended[addr] = pid
+        if self.timeline is not None:
+            self.timeline.fault_begins(_name(addr), "suspended")
         return pid
 
     def resume(self, addr: Addr) -> None:
         pid = self.suspended.pop(addr)
         self._signal(addr, pid, signal.SIGCONT)
+        if self.timeline is not None:
+            self.timeline.fault_ends(_name(addr))
+
+    def shut_down(self, addr: Addr) -> None:
+        """Note that the run shut a node down (SHUTDOWN): out of service for good."""
+        if self.timeline is not None:
+            self.timeline.fault_begins(_name(addr), "shut down")
 
     def resume_all(self) -> list[Addr]:
         """Resume every node this run suspended, also after an error (best effort)."""
@@ -124,3 +138,7 @@ class NodeControl:
             subprocess.run(command, check=True, timeout=15, capture_output=True)
         except (OSError, subprocess.SubprocessError) as exc:
             raise NodeControlError(f"{shlex.join(command)}: {exc}") from None
+
+
+def _name(addr: Addr) -> str:
+    return f"{addr[0]}:{addr[1]}"

@@ -336,6 +336,7 @@ def shutdown(ctx: Context) -> Verdict:
     with Client(ctx.local) as client:
         pid = ask(client.pid)
         client.shutdown()
+        ctx.control.shut_down(ctx.local)
         gone = _wait_gone(ctx.local, pid.pid if pid is not None and pid.ok else None)
     ctx.report.record("after SHUTDOWN", gone)
     return Verdict(gone == "the process is gone", gone)

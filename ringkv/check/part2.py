@@ -225,13 +225,14 @@ async def _writer(ctx: Context, state: MixState, keys: list[bytes], deadline: fl
                     state.puts.ok += 1
                 got = await timed_request(client, state.gets, Command.GET, key)
                 if got is not None and got.ok:
-                    _judge_mix_read(state, key, got.value, seq)
+                    _judge_mix_read(ctx, state, key, got.value, seq)
 
 
-def _judge_mix_read(state: MixState, key: bytes, value: bytes, last: int) -> None:
+def _judge_mix_read(ctx: Context, state: MixState, key: bytes, value: bytes, last: int) -> None:
     seq = value_seq(key, value)
     if seq is None or seq > state.written.get(key, 0):
         state.invented += 1
+        ctx.timeline.violation(key, "invented")
     elif seq < last:
         state.stale += 1
     else:

@@ -118,7 +118,7 @@ class Reporter:
     def record(self, name: str, value: Any, line: str | None = None) -> None:
         """Keep a figure for --json and print it (as `line` when given)."""
         self.figures[name] = value
-        shown = line if line is not None else _plain(value)
+        shown = line if line is not None else plain(value)
         self.out.print(f"  {escape(name):<{LABEL_WIDTH}} {escape(shown)}")
 
     def note(self, text: str) -> None:
@@ -186,13 +186,13 @@ def _verdict_markup(result: StageResult) -> str:
     return "[green]PASS[/green]" if result.passed else "[red]FAIL[/red]"
 
 
-def _plain(value: Any) -> str:
+def plain(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.3f}"
     if isinstance(value, dict):
-        return ", ".join(f"{k}: {_plain(v)}" for k, v in value.items())
+        return ", ".join(f"{k}: {plain(v)}" for k, v in value.items())
     if isinstance(value, list | tuple):
-        return ", ".join(_plain(v) for v in value)
+        return ", ".join(plain(v) for v in value)
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)

@@ -144,7 +144,10 @@ def read_round(ctx: Context, regs: dict[bytes, Register], label: str) -> tuple[T
     async def read(client: AsyncClient, key: bytes) -> None:
         reply = await timed_request(client, tally, Command.GET, key)
         if reply is not None:
-            verdicts[classify(key, regs[key], reply)] += 1
+            verdict = classify(key, regs[key], reply)
+            verdicts[verdict] += 1
+            if verdict in VIOLATIONS:
+                ctx.timeline.violation(key, verdict)
 
     keys = list(regs)
     with ctx.report.step(f"{label}: GET {len(keys):,} keys", total=len(keys)) as bar:
@@ -251,10 +254,12 @@ def increment_round(ctx: Context, counts: dict[bytes, Count], label: str) -> Inc
         current = _counter(key, got)
         if current is None:
             fig.invented_reads += 1
+            ctx.timeline.violation(key, "invented")
             return
         count = counts[key]
         if current < count.last and current not in count.pending:
             fig.stale_reads += 1  # shows up at the end as lost increments
+            ctx.timeline.violation(key, "stale")
             fig.stale_absent += got.err == Err.NO_KEY
         new = current + 1
         put = await timed_request(client, fig.writes, Command.PUT, key, make_value(key, new, size))
@@ -330,13 +335,13 @@ def _final_counts(ctx: Context, counts: dict[bytes, Count]) -> Verdict:
         count = counts[key]
         if value is None:
             verdicts["unanswered"] += 1
-        elif value == -1:
+        elif value == -1 or value > count.acked + count.unknown:
             verdicts["invented"] += 1
+            ctx.timeline.violation(key, "invented")
         elif value < count.acked:
             verdicts["lost"] += 1
             lost_increments += count.acked - value
-        elif value > count.acked + count.unknown:
-            verdicts["invented"] += 1
+            ctx.timeline.violation(key, "lost increments")
         else:
             verdicts["right"] += 1
     return _increment_verdict(ctx, counts, verdicts, lost_increments)

@@ -21,6 +21,7 @@ from ringkv.check import part1, part2, seq
 from ringkv.check.base import Context, Stage
 from ringkv.check.load import ask_each, run_async
 from ringkv.check.report import StageResult
+from ringkv.check.timeline import recording
 from ringkv.client.client import Client, ClientError
 from ringkv.wire.codec import Command
 
@@ -79,12 +80,13 @@ def run_check(run: Run) -> None:
     broken: set[str] = set()
     gates: dict[int, str | None] = {}
     try:
-        for stage in run.stages:
-            if stage.part not in gates:
-                gates[stage.part] = preflight(run.ctx, stage.part)
-            result = _run_one(run, stage, gates[stage.part], broken)
-            if result.error or result.skipped:
-                broken.add(stage.id)
+        with recording(run.ctx.timeline):
+            for stage in run.stages:
+                if stage.part not in gates:
+                    gates[stage.part] = preflight(run.ctx, stage.part)
+                result = _run_one(run, stage, gates[stage.part], broken)
+                if result.error or result.skipped:
+                    broken.add(stage.id)
     except KeyboardInterrupt:
         _not_run(run, "interrupted")
         raise
@@ -118,12 +120,14 @@ def _run_one(run: Run, stage: Stage, gate: str | None, broken: set[str]) -> Stag
         result.skipped = True
         result.summary = f"not run: {', '.join(missing)} did not run"
     else:
-        try:
-            _execute(ctx, stage, result)
-        finally:
-            result.figures = report.figures
-            result.seconds = time.monotonic() - started
-            report.end(result)
+        with ctx.timeline.span(stage.id, title) as span:
+            try:
+                _execute(ctx, stage, result)
+            finally:
+                result.figures = report.figures
+                result.seconds = time.monotonic() - started
+                span.passed = None if result.skipped else result.passed
+                report.end(result)
     return result
 
 

@@ -8,7 +8,7 @@ import random
 import resource
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -62,6 +62,10 @@ def _stage_list(quick: bool) -> str:
     help="Write every figure to this file as JSON.",
 )  # fmt: skip
 @click.option(
+    "--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+    help="Write DIR/report.html: throughput, latency, faults and violations over time.",
+)  # fmt: skip
+@click.option(
     "--ssh", metavar="COMMAND",
     help="How to reach nodes not on this host to suspend them, {host} standing for the "
     "node's address, e.g. 'ssh -o BatchMode=yes {host}'; `kill -STOP PID` is appended.",
@@ -71,8 +75,8 @@ def _stage_list(quick: bool) -> str:
 @click.option("--list", "list_stages", is_flag=True, help="List the stages and exit.")
 def check(
     servers_file: Path | None, local: Addr, part: str | None, stage_names: tuple[str, ...],
-    quick: bool, json_out: Path | None, ssh: str | None, procs: int, seed: int | None,
-    list_stages: bool,
+    quick: bool, json_out: Path | None, report_dir: Path | None, ssh: str | None, procs: int,
+    seed: int | None, list_stages: bool,
 ) -> None:  # fmt: skip
     """Run the evaluation's stages against a live deployment and judge each one.
 
@@ -94,7 +98,7 @@ def check(
         "servers": str(servers_file) if servers_file else None,
         "part": part, "stages": list(stage_names), "quick": quick, "procs": procs, "seed": seed,
     }  # fmt: skip
-    _execute(run, options, json_out)
+    _execute(run, options, json_out, report_dir)
 
 
 def _parts(part: str | None, servers_file: Path | None) -> set[int]:
@@ -120,6 +124,7 @@ def _prepare(
     from ringkv.check.nodes import NodeControl
     from ringkv.check.report import Reporter
     from ringkv.check.suite import Run, SelectionError, select
+    from ringkv.check.timeline import Timeline
 
     names = [n.strip() for arg in stage_names for n in arg.split(",") if n.strip()]
     try:
@@ -129,9 +134,11 @@ def _prepare(
     seed = seed if seed is not None else random.randrange(1 << 32)
     params = QUICK if quick else Params()
     _raise_fd_limit(max((*params.rfe_clients, *params.perf2_clients)) + 512)
+    timeline = Timeline()
     ctx = Context(
         params=params, report=Reporter(), local=local, servers=servers, procs=procs,
-        control=NodeControl(ssh), rng=random.Random(seed), run_id=f"{seed & 0xFFFFFF:06x}-",
+        control=NodeControl(ssh, timeline), rng=random.Random(seed),
+        run_id=f"{seed & 0xFFFFFF:06x}-", timeline=timeline,
     )  # fmt: skip
     _header(ctx, stages, quick, seed)
     return Run(ctx, stages)
@@ -160,7 +167,9 @@ def _header(ctx: Context, stages: list[Stage], quick: bool, seed: int) -> None:
         )
 
 
-def _execute(run: Run, options: dict[str, object], json_out: Path | None) -> None:
+def _execute(
+    run: Run, options: dict[str, object], json_out: Path | None, report_dir: Path | None
+) -> None:
     from ringkv.check.suite import run_check, to_json
 
     interrupted = False
@@ -177,7 +186,20 @@ def _execute(run: Run, options: dict[str, object], json_out: Path | None) -> Non
     if json_out is not None:
         json_out.write_text(json.dumps(to_json(run, options), indent=1) + "\n")
         run.ctx.report.out.print(f"figures written to {json_out}")
+    if report_dir is not None:
+        _write_report(run, to_json(run, options), report_dir)
     if interrupted:
         raise SystemExit(EXIT_INTERRUPTED)
     if not run.passed:
         raise SystemExit(EXIT_FAILED)
+
+
+def _write_report(run: Run, figures: dict[str, Any], folder: Path) -> None:
+    from ringkv.check.html import write_report
+
+    passed = sum(r.passed for r in run.results if not r.skipped)
+    judged = sum(not r.skipped for r in run.results)
+    where = f"{len(run.ctx.servers)} nodes" if run.ctx.servers else "one node"
+    title = f"ringkv check, {run.began_at}, {where}: {passed} of {judged} stages passed"
+    path = write_report(folder, title, run.ctx.timeline, run.results, figures)
+    run.ctx.report.out.print(f"report written to {path}")

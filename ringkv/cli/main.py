@@ -505,6 +505,10 @@ def echo(listen: Addr, blocking: bool) -> None:
     help="The started echo server uses a plain blocking loop, not uvloop.",
 )
 @json_option("Print one JSON object, no progress bar.")
+@click.option(
+    "--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+    help="Also write DIR/report.html: throughput and latency over the run.",
+)  # fmt: skip
 def bench(
     server: Addr | None,
     servers_file: Path | None,
@@ -521,6 +525,7 @@ def bench(
     compare_echo: bool,
     echo_blocking: bool,
     as_json: bool,
+    report_dir: Path | None,
 ) -> None:
     """Closed-loop PUT→GET load; prints throughput, latency and errors.
 
@@ -559,9 +564,31 @@ def bench(
     want_echo = compare_echo or echo_port is not None
     want_target = has_target or not want_echo
     try:
-        _bench_runs(config, want_echo, want_target, echo_port, echo_blocking, as_json)
+        results = _bench_runs(config, want_echo, want_target, echo_port, echo_blocking, as_json)
     except BenchError as exc:
         raise click.ClickException(str(exc)) from None
+    if report_dir is not None:
+        _bench_report(results, report_dir, as_json)
+    if any(r.mismatches for r in results.values()):
+        raise SystemExit(EXIT_ERR)
+
+
+def _bench_report(results: dict[str, BenchResult], folder: Path, as_json: bool) -> None:
+    """One page for the runs of this bench, one after the other on its time axis."""
+    from ringkv.check.html import write_report
+    from ringkv.check.timeline import Span, Timeline
+
+    timeline = Timeline(origin=min(min(r.samples.at, default=0.0) for r in results.values()))
+    for name, result in results.items():
+        timeline.samples.extend(result.samples)
+        first, last = min(result.samples.at, default=0.0), max(result.samples.at, default=0.0)
+        timeline.spans.append(Span(name, f"{name}: {result.target}", first, last))
+    clients = next(iter(results.values())).clients
+    title = f"ringkv bench, {clients} clients: " + ", ".join(
+        f"{name} {r.throughput:,.0f} req/s" for name, r in results.items()
+    )
+    path = write_report(folder, title, timeline, [], {k: r.to_dict() for k, r in results.items()})
+    click.echo(f"report written to {path}", err=as_json)
 
 
 def _bench_runs(
@@ -571,7 +598,7 @@ def _bench_runs(
     echo_port: int | None,
     echo_blocking: bool,
     as_json: bool,
-) -> None:
+) -> dict[str, BenchResult]:
     import dataclasses
     import json
 
@@ -606,8 +633,7 @@ def _bench_runs(
                     " the ratio overstates the node (../shared/tools/kvload.c measures both"
                     " without that limit)"
                 )
-    if any(r.mismatches for r in results.values()):
-        raise SystemExit(EXIT_ERR)
+    return results
 
 
 def _bench_one(config: BenchConfig, label: str, as_json: bool) -> BenchResult:
