@@ -21,7 +21,6 @@ import pytest
 from click.testing import CliRunner
 
 from ringkv.check.base import Params, Scale
-from ringkv.check.html import read_data
 from ringkv.check.load import Tally, make_value, timed_request, value_seq
 from ringkv.check.nodes import NodeControl, NodeControlError, is_local
 from ringkv.check.seq import Register, classify, schedule
@@ -29,6 +28,7 @@ from ringkv.check.suite import SelectionError, select
 from ringkv.cli.check import check
 from ringkv.client.client import Client, ClientError, Reply
 from ringkv.client.local import free_udp_port, local_node, stop
+from ringkv.report.html import read_data
 from ringkv.runtime.cluster import LocalCluster, local_servers
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err

@@ -18,12 +18,12 @@ import pytest
 from click.testing import CliRunner
 from test_check import faulty_server
 
-from ringkv.check.html import ROWS, bucket_width, read_data, write_report
 from ringkv.check.report import StageResult
-from ringkv.check.timeline import TIMED_OUT, Fault, Samples, Span, Timeline
 from ringkv.cli.check import check
 from ringkv.cli.main import main
 from ringkv.client.local import free_udp_port
+from ringkv.report.html import ROWS, bucket_width, read_data, write_report
+from ringkv.report.timeline import TIMED_OUT, Fault, Samples, Span, Timeline
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -55,7 +55,7 @@ def test_nodes_down_steps_up_at_each_fault_and_down_at_each_resume() -> None:
 
 
 def test_violations_beyond_the_cap_are_counted_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("ringkv.check.timeline.MAX_VIOLATIONS", 3)
+    monkeypatch.setattr("ringkv.report.timeline.MAX_VIOLATIONS", 3)
     t = Timeline()
     with t.span("3.x", "stage"):
         for i in range(5):
@@ -82,7 +82,7 @@ def test_a_bucket_is_a_nice_width_that_keeps_a_run_near_300_points() -> None:
 def test_the_page_embeds_the_numbers_it_draws_and_escapes_keys(tmp_path: Path) -> None:
     stage = StageResult("2.seq", "a stage", "0 violations", passed=False, summary="1 violation")
     stage.figures = {"reads": 10, "verdicts": {"stale": 1}}
-    path = write_report(tmp_path, "a <run>", known_timeline(), [stage], {"passed": False})
+    path = write_report(tmp_path, "a <run>", known_timeline(), [stage.row()], {"passed": False})
     text = path.read_text()
     assert "<title>a &lt;run&gt;</title>" in text
     assert "key-&lt;/script&gt;-1" in text  # the violation table, escaped

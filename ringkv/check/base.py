@@ -17,8 +17,8 @@ from typing import Any
 
 from ringkv.check.nodes import NodeControl
 from ringkv.check.report import Reporter
-from ringkv.check.timeline import Timeline
 from ringkv.client.client import ClientTimeout, Reply, describe_err
+from ringkv.report.timeline import Timeline
 from ringkv.wire import Addr
 
 REFERENCE_NODES = 40  # the deployment size the evaluation's Part 2 figures are given for

@@ -45,9 +45,9 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
-from ringkv.check.timeline import Samples, percentile
 from ringkv.client.client import client_socket, resolve, route_ip
 from ringkv.client.local import stop
+from ringkv.report.timeline import Samples, percentile
 from ringkv.wire import Addr
 from ringkv.wire.codec import Err, KVResponse, Msg, encode_msg, varint
 

@@ -23,8 +23,8 @@ from typing import Any, TypeVar
 from ringkv.check.base import Context
 from ringkv.check.bench import BenchConfig, BenchResult, run_bench
 from ringkv.check.report import StepBar
-from ringkv.check.timeline import percentile, record_request, record_samples
 from ringkv.client.client import AsyncClient, ClientError, ClientTimeout, Reply
+from ringkv.report.timeline import percentile, record_request, record_samples
 from ringkv.wire import Addr
 from ringkv.wire.codec import Command, Err
 

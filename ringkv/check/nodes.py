@@ -16,8 +16,8 @@ import subprocess
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
-from ringkv.check.timeline import Timeline
 from ringkv.client.client import Client, ClientError, resolve
+from ringkv.report.timeline import Timeline
 from ringkv.wire import Addr
 
 

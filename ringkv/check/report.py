@@ -25,6 +25,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from ringkv.report.text import StageRow, plain
+
 
 @dataclass
 class StageResult:
@@ -37,6 +39,13 @@ class StageResult:
     seconds: float = 0.0
     error: str | None = None
     skipped: bool = False
+
+    def row(self) -> StageRow:
+        """This stage as a line of a report's stage table."""
+        verdict = "SKIP" if self.skipped else "PASS" if self.passed else "FAIL"
+        summary = self.error or self.summary
+        return StageRow(self.id, self.title, self.threshold, verdict, summary, self.figures,
+                        self.seconds)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -184,15 +193,3 @@ def _verdict_markup(result: StageResult) -> str:
     if result.skipped:
         return "[yellow]SKIP[/yellow]"
     return "[green]PASS[/green]" if result.passed else "[red]FAIL[/red]"
-
-
-def plain(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:,.3f}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}: {plain(v)}" for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return ", ".join(plain(v) for v in value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value)

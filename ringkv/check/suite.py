@@ -21,8 +21,8 @@ from ringkv.check import part1, part2, seq
 from ringkv.check.base import Context, Stage
 from ringkv.check.load import ask_each, run_async
 from ringkv.check.report import StageResult
-from ringkv.check.timeline import recording
 from ringkv.client.client import Client, ClientError
+from ringkv.report.timeline import recording
 from ringkv.wire.codec import Command
 
 STAGES: list[Stage] = [*part1.STAGES, *part2.STAGES, *seq.STAGES]

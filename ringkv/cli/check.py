@@ -124,7 +124,7 @@ def _prepare(
     from ringkv.check.nodes import NodeControl
     from ringkv.check.report import Reporter
     from ringkv.check.suite import Run, SelectionError, select
-    from ringkv.check.timeline import Timeline
+    from ringkv.report.timeline import Timeline
 
     names = [n.strip() for arg in stage_names for n in arg.split(",") if n.strip()]
     try:
@@ -195,11 +195,12 @@ def _execute(
 
 
 def _write_report(run: Run, figures: dict[str, Any], folder: Path) -> None:
-    from ringkv.check.html import write_report
+    from ringkv.report.html import write_report
 
     passed = sum(r.passed for r in run.results if not r.skipped)
     judged = sum(not r.skipped for r in run.results)
     where = f"{len(run.ctx.servers)} nodes" if run.ctx.servers else "one node"
     title = f"ringkv check, {run.began_at}, {where}: {passed} of {judged} stages passed"
-    path = write_report(folder, title, run.ctx.timeline, run.results, figures)
+    rows = [r.row() for r in run.results]
+    path = write_report(folder, title, run.ctx.timeline, rows, figures)
     run.ctx.report.out.print(f"report written to {path}")

@@ -575,8 +575,8 @@ def bench(
 
 def _bench_report(results: dict[str, BenchResult], folder: Path, as_json: bool) -> None:
     """One page for the runs of this bench, one after the other on its time axis."""
-    from ringkv.check.html import write_report
-    from ringkv.check.timeline import Span, Timeline
+    from ringkv.report.html import write_report
+    from ringkv.report.timeline import Span, Timeline
 
     timeline = Timeline(origin=min(min(r.samples.at, default=0.0) for r in results.values()))
     for name, result in results.items():

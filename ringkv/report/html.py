@@ -18,8 +18,8 @@ from typing import Any
 import plotly.graph_objects as go  # type: ignore[import-untyped]  # plotly ships no type hints
 from plotly.subplots import make_subplots  # type: ignore[import-untyped]
 
-from ringkv.check.report import StageResult, plain
-from ringkv.check.timeline import Timeline
+from ringkv.report.text import StageRow, plain
+from ringkv.report.timeline import Timeline
 
 REPORT_FILE = "report.html"
 DATA_ID = "ringkv-data"
@@ -40,7 +40,7 @@ def write_report(
     folder: Path,
     title: str,
     timeline: Timeline,
-    stages: list[StageResult],
+    stages: list[StageRow],
     figures: dict[str, Any],
 ) -> Path:
     """Write folder/report.html; `figures` is the run's JSON (shown, and embedded)."""
@@ -153,7 +153,7 @@ def _stages(fig: go.Figure, drawn: dict[str, Any]) -> None:
 
 
 def _page(
-    title: str, plot: str, stages: list[StageResult], drawn: dict[str, Any], data: dict[str, Any]
+    title: str, plot: str, stages: list[StageRow], drawn: dict[str, Any], data: dict[str, Any]
 ) -> str:
     embedded = json.dumps(data).replace("</", "<\\/")  # no "</script>" inside the JSON
     parts = [
@@ -193,26 +193,28 @@ def _overview(drawn: dict[str, Any]) -> str:
     )
 
 
-def _verdict(result: StageResult) -> str:
-    if result.skipped:
-        return '<span class="skip">SKIP</span>'
-    return '<span class="pass">PASS</span>' if result.passed else '<span class="fail">FAIL</span>'
+VERDICT_CLASSES = {"PASS": "pass", "FAIL": "fail", "SKIP": "skip"}
 
 
-def _stage_table(stages: list[StageResult]) -> str:
+def _verdict(row: StageRow) -> str:
+    css = VERDICT_CLASSES.get(row.verdict, "")
+    return f'<span class="{css}">{html.escape(row.verdict)}</span>'
+
+
+def _stage_table(stages: list[StageRow]) -> str:
     if not stages:
         return ""
     rows = "".join(
         f"<tr><td><code>{html.escape(r.id)}</code></td><td>{_verdict(r)}</td>"
-        f"<td>{html.escape(r.error or r.summary)}</td><td>{html.escape(r.threshold)}</td>"
-        f"<td>{r.seconds:,.1f} s</td></tr>"
+        f"<td>{html.escape(r.summary)}</td><td>{html.escape(r.threshold)}</td>"
+        f"<td>{'' if r.seconds is None else f'{r.seconds:,.1f} s'}</td></tr>"
         for r in stages
     )
     head = "<tr><th>stage</th><th>result</th><th>figures</th><th>pass if</th><th>time</th></tr>"
     return f"<h2>Stages</h2><table>{head}{rows}</table>"
 
 
-def _stage_figures(stages: list[StageResult], run: dict[str, Any]) -> str:
+def _stage_figures(stages: list[StageRow], run: dict[str, Any]) -> str:
     """Each stage's figures; for a bench (no stages), the run's own."""
     blocks = [(f"{r.id}: {r.title}", r.figures) for r in stages]
     if not stages:
