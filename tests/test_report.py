@@ -21,6 +21,7 @@ from test_check import faulty_server
 from ringkv.check.report import StageResult
 from ringkv.cli.check import check
 from ringkv.cli.main import main
+from ringkv.cli.sim import sim as sim_command
 from ringkv.client.local import free_udp_port
 from ringkv.report.html import ROWS, bucket_width, read_data, write_report
 from ringkv.report.timeline import TIMED_OUT, Fault, Samples, Span, Timeline
@@ -168,3 +169,22 @@ def test_the_page_renders_in_a_real_browser_without_errors(tmp_path: Path) -> No
     assert traces == 3 + 2 + 1 + 1 + len(t.spans)  # throughput, latency, down, violations, stages
     assert shapes >= len(t.faults)  # each fault window is shaded
     assert set(ROWS) <= set(titles)  # every subplot was laid out
+
+
+def test_a_sim_report_marks_each_violation_and_shades_each_cut(tmp_path: Path) -> None:
+    """Seed 1 of partitions on 10 nodes is a known failure of the available mode: two
+    stale reads in a partition. The page shows both, with their keys, inside a cut."""
+    args = ["random-faults", "--nodes", "10", "--faults", "partition", "--seed", "1"]
+    result = CliRunner().invoke(sim_command, [*args, "--json", "--report", str(tmp_path)])
+    summary = json.loads(result.stdout.splitlines()[0])
+    drawn = read_data(tmp_path / "report.html")["timeline"]
+    assert summary["violations"] > 0
+    assert drawn["violation_count"] == summary["violations"] + summary["violations_excused"]
+    assert drawn["requests"] == summary["ops"]["total"]
+    timeouts = sum(b["timeouts"] for b in drawn["buckets"])
+    assert timeouts == summary["ops"]["timeouts"]
+    cuts = [f for f in drawn["faults"] if f["kind"] == "cut off"]
+    assert cuts and all(f["end"] is not None for f in cuts)
+    for v in drawn["violations"]:
+        assert v["key"].startswith("b'key-")
+        assert any(c["start"] <= v["at"] <= c["end"] for c in cuts), v

@@ -409,3 +409,27 @@ def test_params_round_trip_through_the_replay_command(monkeypatch: pytest.Monkey
     out = CliRunner().invoke(sim_command, line.split()[2:])
     assert out.exit_code == 0, out.output
     assert seen == [(params, 5)]
+
+
+def test_outages_are_kept_per_node_from_fault_to_repair() -> None:
+    """What a report shades: each pause until its resume, a crash until the restart
+    (a paused node that is killed changes kind), a cut until the heal."""
+    sim = recorder_sim(3)
+    sim.run(1.0)
+    sim.pause(0)
+    sim.run(2.0)
+    sim.resume(0)
+    sim.pause(1)
+    sim.run(3.0)
+    sim.crash(1)
+    sim.partition([2])
+    sim.run(4.0)
+    sim.heal()
+    sim.restart(1)
+    spells = [(o.node, o.kind, o.start, o.end) for o in sim.outages]
+    assert spells == [
+        ("node 0", "suspended", 1.0, 2.0),
+        ("node 1", "suspended", 2.0, 3.0),
+        ("node 1", "crash", 3.0, 4.0),
+        ("node 2", "cut off", 3.0, 4.0),
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -60,6 +61,11 @@ def _fault_list(
 @click.option("--runs", type=click.IntRange(min=1), default=1, help="Run seeds SEED.. SEED+RUNS-1.")
 @json_option("Print the summary as JSON.")
 @click.option("--history", type=click.Path(dir_okay=False), help="Save the history (JSON lines).")
+@click.option(
+    "--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+    help="Write DIR/report.html (DIR/seed-N/ with --runs): requests, latency, outages and "
+    "violations over virtual time.",
+)  # fmt: skip
 def sim(
     scenario: str,
     nodes: int,
@@ -75,6 +81,7 @@ def sim(
     runs: int,
     as_json: bool,
     history: str | None,
+    report_dir: Path | None,
 ) -> None:
     """Run SCENARIO (eval-part2, random-faults, scale) in the deterministic simulator."""
     params = Params(
@@ -94,12 +101,23 @@ def sim(
         if history:
             path = history if runs == 1 else f"{history}.{run_seed}"
             result.history.save(path)
+        if report_dir is not None:
+            _report(result, report_dir if runs == 1 else report_dir / f"seed-{run_seed}", as_json)
         _print(result, as_json, brief=runs > 1)
         failed += not result.ok
     if runs > 1:
         click.echo(f"{runs - failed} of {runs} runs passed")
     if failed:
         sys.exit(1)
+
+
+def _report(result: ScenarioResult, folder: Path, as_json: bool) -> None:
+    from ringkv.report.html import write_report
+    from ringkv.sim.report import stage_rows, timeline_of, title_of
+
+    timeline = timeline_of(result)
+    path = write_report(folder, title_of(result), timeline, stage_rows(result), result.summary())
+    click.echo(f"report written to {path}", err=as_json)
 
 
 def _print(result: ScenarioResult, as_json: bool, brief: bool) -> None:

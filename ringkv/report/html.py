@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ TARGET_BUCKETS = 300  # about this many points across a run, whatever its length
 NICE_WIDTHS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 VIOLATIONS_LISTED = 500  # rows of the violations table; the count is always whole
 ROWS = ("requests / s", "latency (ms)", "nodes down", "violations", "stages")
-FAULT_COLOURS = {"suspended": "rgba(255, 165, 0, 0.10)", "shut down": "rgba(200, 0, 0, 0.10)"}
+FAULT_COLOURS = {  # by kind: SIGSTOP, a process gone, a network cut
+    "suspended": "rgba(255, 165, 0, 0.10)",
+    "shut down": "rgba(200, 0, 0, 0.10)",
+    "shutdown": "rgba(200, 0, 0, 0.10)",
+    "crash": "rgba(200, 0, 0, 0.10)",
+    "cut off": "rgba(60, 60, 200, 0.10)",
+}
 
 
 def bucket_width(duration: float) -> float:
@@ -183,13 +190,12 @@ td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertic
 
 
 def _overview(drawn: dict[str, Any]) -> str:
-    faults = drawn["faults"]
-    suspended = sum(f["kind"] == "suspended" for f in faults)
-    shut = sum(f["kind"] == "shut down" for f in faults)
+    kinds = Counter(f["kind"] for f in drawn["faults"])
+    outages = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"
     return (
         f"<p>{drawn['requests']:,} requests over {drawn['duration_s']:,.1f} s, drawn per "
-        f"{drawn['bucket_seconds']:g} s; {suspended} suspensions and {shut} shutdowns "
-        f"(shaded); {drawn['violation_count']:,} consistency violations.</p>"
+        f"{drawn['bucket_seconds']:g} s; nodes out of service (shaded): {outages}; "
+        f"{drawn['violation_count']:,} consistency violations.</p>"
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from ringkv.core.membership import Membership, MembershipConfig
 from ringkv.core.node import TICK_INTERVAL, Node, NodeConfig, Outbox
 from ringkv.core.ring import Ring
+from ringkv.report.timeline import Fault
 from ringkv.servers import gossip_addr, peer_addr
 from ringkv.sim.history import History
 from ringkv.sim.network import Network, NetworkConfig
@@ -235,6 +236,8 @@ class Simulator:
         # Tests aim faults at chosen messages with these (see `send` and `inject`).
         self.interceptors: list[Interceptor] = []
         self.monitor = MembershipMonitor(self)
+        # Every spell a node spent out of service (paused, crashed, cut off), for reports.
+        self.outages: list[Fault] = []
         if config.start_down:
             self.monitor.fault("initial")  # views start with everyone alive: not a flap
         for slot in self._slots:
@@ -421,6 +424,7 @@ class Simulator:
         slot.state = PAUSED
         slot.gen += 1
         self._went_down(index, slot.node)
+        self._outage_begins(index, "suspended")
         self.monitor.fault(f"pause {index}")
 
     def resume(self, index: int) -> None:
@@ -428,6 +432,7 @@ class Simulator:
         slot = self._need(index, PAUSED)
         slot.state = UP
         slot.gen += 1
+        self._outage_ends(index)
         node = slot.node
         assert node is not None
         self._emit_outbox(slot, node.on_tick(self.now))
@@ -463,11 +468,15 @@ class Simulator:
         self.monitor.interrupt()
         for i in self.network.cut_off():
             self._went_down(i, self._slots[i].node)
+            self._outage_begins(i, "cut off")
 
     def heal(self) -> None:
         if not self.network.partitioned:
             return
         self.network.heal()
+        for outage in self.outages:
+            if outage.kind == "cut off" and outage.end is None:
+                outage.end = self.now
         self.monitor.fault("heal")
 
     def is_down(self, index: int) -> bool:
@@ -478,6 +487,8 @@ class Simulator:
         self.network.loss = loss
 
     def _start(self, slot: _Slot) -> None:
+        if slot.starts:
+            self._outage_ends(slot.index)  # a restart
         slot.starts += 1
         slot.node = self._build(slot)
         slot.state = UP
@@ -518,7 +529,19 @@ class Simulator:
         slot.inbox, slot.inbox_bytes = [], [0, 0, 0]
         slot.gen += 1
         self._went_down(slot.index, node)
+        self._outage_ends(slot.index)  # a paused process can be killed too
+        self._outage_begins(slot.index, why)
         self.monitor.fault(f"{why} {slot.index}")
+
+    def _outage_begins(self, index: int, kind: str) -> None:
+        self.outages.append(Fault(f"node {index}", kind, self.now))
+
+    def _outage_ends(self, index: int) -> None:
+        """Close the node's own outage (a resume or restart; a cut ends at heal)."""
+        for outage in reversed(self.outages):
+            if outage.node == f"node {index}" and outage.end is None and outage.kind != "cut off":
+                outage.end = self.now
+                return
 
     def _went_down(self, index: int, node: SimNode | None) -> None:
         if node is not None:

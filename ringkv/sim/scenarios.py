@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from ringkv.report.timeline import Fault as Outage
 from ringkv.sim.checker import CheckResult, LostWrite, State, Violation, check, lost_writes
 from ringkv.sim.clients import ClientGroup, RandomMix, Request, Values, run_batch
 from ringkv.sim.cluster import (
@@ -100,6 +101,7 @@ class Stage:
     figures: dict[str, Any]
     passed: bool | None = None  # None: figures only, nothing to pass
     expect: str = ""  # the pass criterion, in words
+    at: float = 0.0  # virtual seconds when the stage was judged (its end)
 
     def line(self) -> str:
         verdict = {True: "pass", False: "FAIL", None: "-"}[self.passed]
@@ -134,6 +136,7 @@ class ScenarioResult:
     virtual_seconds: float = 0.0
     real_seconds: float = 0.0
     error: str | None = None
+    outages: list[Outage] = field(default_factory=list)  # nodes out of service, virtual time
 
     @property
     def failures(self) -> list[str]:
@@ -328,7 +331,7 @@ class Run:
         self._real_start = time.perf_counter()
 
     def stage(self, name: str, figures: dict[str, Any], passed: bool | None, expect: str) -> None:
-        self.result.stages.append(Stage(name, figures, passed, expect))
+        self.result.stages.append(Stage(name, figures, passed, expect, self.sim.now))
 
     def up(self) -> list[int]:
         return self.sim.nodes_in(UP)
@@ -406,6 +409,7 @@ class Run:
             (self.result.excused_violations if excused else self.result.violations).append(v)
 
     def stop(self) -> ScenarioResult:
+        self.result.outages = list(self.sim.outages)
         self.result.virtual_seconds = self.sim.now
         self.result.real_seconds = time.perf_counter() - self._real_start
         return self.result
