@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ringkv.core.replies import ReplyCache
-from ringkv.core.storage import ENTRY_OVERHEAD, TOMBSTONE_SHARE, Storage
+from ringkv.core.storage import ENTRY_OVERHEAD, TOMBSTONE_SHARE, CorruptEntry, Storage
 
 
 def test_put_get_remove_and_accounting() -> None:
@@ -319,3 +319,99 @@ def test_accounting_matches_a_recount_after_any_sequence(ops: list[tuple[str, by
         )
         assert store.tombstone_bytes <= store.budget // TOMBSTONE_SHARE
         assert len(store) == len(entries) - len(tombstones)
+
+
+# -- the journal a data directory commits, and restoring from it ----------------------
+
+_JOURNAL_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["put", "remove", "unstamped-remove", "apply-remove", "collect", "wipe"]),
+        st.sampled_from([b"a", b"b", b"c", b"d"]),
+        st.integers(1, 40),
+    ),
+    max_size=60,
+)
+
+
+@given(_JOURNAL_OPS, st.integers(1, 7))
+def test_a_disk_kept_from_the_journal_restores_the_same_store(
+    ops: list[tuple[str, bytes, int]], commit_every: int
+) -> None:
+    """Whatever happened, and however the changes were batched into commits, a store
+    restored from what was committed is the store that was: entries and accounting."""
+    store = Storage(3 * (ENTRY_OVERHEAD + 8) * TOMBSTONE_SHARE)
+    store.record_changes()
+    disk: dict[bytes, bytes] = {}
+
+    def commit() -> None:
+        wiped, changes = store.take_changes()
+        if wiped:
+            disk.clear()
+        for key, packed in changes.items():
+            if packed is None:
+                disk.pop(key, None)
+            else:
+                disk[key] = packed
+
+    for when, (op, key, stamp) in enumerate(ops):
+        if op == "put":
+            store.put(key, b"v" * stamp, stamp % 3, stamp)
+        elif op == "remove":
+            store.remove(key, stamp, float(when))
+        elif op == "unstamped-remove":
+            store.remove(key)  # a hand-off: gone without a tombstone
+        elif op == "apply-remove":
+            store.apply(key, None, 0, stamp, float(when))
+        elif op == "collect":
+            store.collect_tombstones(float(when), ttl=5.0)
+        else:
+            store.wipe()
+        if when % commit_every == 0:
+            commit()
+    commit()
+    again = Storage(store.budget)
+    again.restore(disk.items(), now=0.0)
+    assert dict(again.items()) == dict(store.items())
+    assert (again.used, again.tombstone_bytes, len(again)) == (
+        store.used, store.tombstone_bytes, len(store),
+    )  # fmt: skip
+
+
+def test_the_journal_says_what_each_change_left_behind() -> None:
+    store = Storage(100_000)
+    store.record_changes()
+    store.put(b"k", b"v", 1, stamp=5)
+    store.remove(b"gone", stamp=6, now=0.0)  # a tombstone for a key never seen
+    store.put(b"x", b"y", 0, stamp=7)
+    store.remove(b"x")  # handed off: no tombstone
+    wiped, changes = store.take_changes()
+    assert not wiped
+    assert changes == {
+        b"k": struct.pack("<Qi", 5, 1) + b"v",
+        b"gone": struct.pack("<Q", 6),
+        b"x": None,
+    }
+    assert store.take_changes() == (False, {})
+    store.wipe()
+    store.put(b"after", b"z", 0, stamp=8)
+    wiped, changes = store.take_changes()
+    assert wiped and list(changes) == [b"after"]
+
+
+def test_restore_refuses_a_damaged_entry_and_a_store_over_the_budget() -> None:
+    with pytest.raises(CorruptEntry):
+        Storage(10_000).restore([(b"k", b"\x00" * 5)], now=0.0)  # neither stamp nor entry
+    with pytest.raises(CorruptEntry):
+        Storage(10_000).restore([(b"", struct.pack("<Q", 1))], now=0.0)
+    big = [(b"k%d" % i, struct.pack("<Qi", 1, 0) + b"v" * 100) for i in range(100)]
+    with pytest.raises(MemoryError):
+        Storage(10_000).restore(big, now=0.0)
+
+
+def test_restored_tombstones_wait_a_whole_ttl_from_the_restart() -> None:
+    store = Storage(100_000)
+    store.restore([(b"t", struct.pack("<Q", 9))], now=1_000.0)
+    store.collect_tombstones(1_000.0 + 299.0)
+    assert store.entry(b"t") == (None, 0, 9)
+    store.collect_tombstones(1_000.0 + 300.0)
+    assert store.entry(b"t") is None

@@ -17,6 +17,8 @@ from rich.table import Table
 
 from ringkv.cli.options import (
     cluster_key_option,
+    data_dir_options,
+    durability_of,
     json_option,
     memory_mb_option,
     nodes_option,
@@ -93,23 +95,32 @@ def _keyring(key_file: Path | None, workdir: Path) -> Keyring | None:
     help="Each node answers Prometheus scrapes on its port plus 3000; prometheus.yml and "
     "its target list are written beside the server list.",
 )  # fmt: skip
+@data_dir_options("each node's (in DIR/node-I)")
 @_servers_option
 @_workdir_option
 def up(
     nodes: int, host: str, base_port: int, distinct_hosts: bool, memory_mb: int, replicas: int,
-    detach: bool, insecure: bool, metrics: bool, servers_file: Path, workdir: Path,
+    detach: bool, insecure: bool, metrics: bool, data_dir: Path | None, durability: str | None,
+    max_disk_mb: int | None, servers_file: Path, workdir: Path,
 ) -> None:  # fmt: skip
-    """Start NODES node processes on this machine and show their status until Ctrl-C."""
+    """Start NODES node processes on this machine and show their status until Ctrl-C.
+
+    With --data-dir, `cluster down` leaves the data, and `cluster up` with the
+    same nodes, ports and DIR brings it back.
+    """
     if load_state(workdir):
         raise click.UsageError(f"a cluster is already running from {workdir} (ringkv cluster down)")
+    mode = durability_of(data_dir, durability)
     servers = local_servers(nodes, host, base_port, distinct_hosts)
     local = LocalCluster.create(
         servers, workdir, servers_file, insecure, memory_mb=memory_mb, replicas=replicas,
-        metrics=metrics,
+        metrics=metrics, data_dir=data_dir, durability=mode, max_disk_mb=max_disk_mb,
     )  # fmt: skip
     local.start()
     console = Console()
     console.print(f"started {nodes} nodes; server list in {servers_file}, logs in {workdir}/logs")
+    if data_dir is not None:
+        console.print(f"data in {data_dir}/node-0 … node-{nodes - 1} (durability {mode})")
     if local.key_file is not None:
         console.print(f"cluster key in {local.key_file}")
     if metrics:

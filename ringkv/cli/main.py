@@ -15,6 +15,8 @@ from ringkv.cli.options import (
     IPNetwork,
     client_options,
     cluster_key_option,
+    data_dir_options,
+    durability_of,
     hex_option,
     json_option,
     listen_option,
@@ -35,6 +37,8 @@ from ringkv.wire import Addr
 if TYPE_CHECKING:
     from ringkv.check.bench import BenchConfig, BenchResult
     from ringkv.client import Client, Reply
+    from ringkv.core.node import Node
+    from ringkv.runtime.datadir import DataDir
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -78,13 +82,16 @@ def main() -> None:
     "--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
     help="json: one object a line, a membership change's fields as fields.",
 )  # fmt: skip
+@data_dir_options("this node's")
 def node(
     listen: Addr, servers_file: Path | None, memory_mb: int, replicas: int,
     key_file: Path | None, insecure: bool, admin_from: tuple[IPNetwork, ...],
-    metrics_port: int | None, log_level: str, log_format: str,
+    metrics_port: int | None, log_level: str, log_format: str, data_dir: Path | None,
+    durability: str | None, max_disk_mb: int | None,
 ) -> None:  # fmt: skip
     """Run one node of a cluster."""
     from ringkv.core.node import Node, NodeConfig
+    from ringkv.runtime.datadir import DISK_SHARE
     from ringkv.runtime.logs import configure
     from ringkv.runtime.server import NodeServer, serve
 
@@ -107,11 +114,14 @@ def node(
             "a node of a multi-node cluster needs --cluster-key FILE (make one with "
             "`ringkv keygen FILE`), or --insecure to believe any datagram from anyone"
         )
+    mode = durability_of(data_dir, durability)
+    disk_bytes = (max_disk_mb or 4 * memory_mb) << 20
+    budget = memory_mb << 20 if mode == "none" else min(memory_mb << 20, disk_bytes // DISK_SHARE)
     config = NodeConfig(
         servers=tuple(servers),
         self_index=servers.index(listen),
         pid=os.getpid(),
-        memory_budget=memory_mb << 20,
+        memory_budget=budget,
         replicas=replicas,
         clock_offset=time.time() - time.monotonic(),
         keyring=None if key_file is None else read_keyring(key_file),
@@ -119,7 +129,24 @@ def node(
         admin_from=admin_from or None,
     )
     metrics = None if metrics_port is None else (listen[0], metrics_port)
-    serve(NodeServer(Node(config), listen, len(servers) > 1, key_file, metrics))
+    node = Node(config)
+    store = None if data_dir is None else _open_data_dir(node, data_dir, mode, disk_bytes)
+    serve(NodeServer(node, listen, len(servers) > 1, key_file, metrics, store))
+
+
+def _open_data_dir(node: Node, path: Path, mode: str, max_bytes: int) -> DataDir:
+    """The node's data directory, its store loaded into the node; a bad one stops the node."""
+    import logging
+
+    from ringkv.runtime.datadir import DataDir, DataDirError, Identity, restore_into
+
+    identity = Identity(node.config.servers, node.config.self_index)
+    try:
+        store = DataDir(path, mode, identity, max_bytes)
+        logging.getLogger("ringkv.datadir").info("%s", restore_into(node, store, time.monotonic()))
+    except DataDirError as exc:
+        raise click.ClickException(str(exc)) from None
+    return store
 
 
 @main.group()

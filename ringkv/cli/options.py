@@ -147,6 +147,41 @@ def memory_mb_option(help: str | None = None) -> Callable[[F], F]:
     )
 
 
+def data_dir_options(what: str) -> Callable[[F], F]:
+    """--data-dir, --durability and --max-disk-mb, for a node or every node of a cluster."""
+
+    def add(f: F) -> F:
+        f = click.option(
+            "--max-disk-mb", type=click.IntRange(min=1), metavar="MB",
+            help="LMDB's map size [default: 4 x --memory-mb]; the store takes at most half "
+            "of it (PUTs beyond get errCode 2).",
+        )(f)  # fmt: skip
+        f = click.option(
+            "--durability", type=click.Choice(["none", "flush", "fsync"]),
+            help="fsync: on disk before acknowledged; flush: handed to the OS before "
+            "acknowledged, disk synced every second [default: fsync with --data-dir, "
+            "else none: memory only].",
+        )(f)  # fmt: skip
+        f = click.option(
+            "--data-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+            help=f"Keep {what} store in LMDB under DIR, and load it back at start.",
+        )(f)  # fmt: skip
+        return f
+
+    return add
+
+
+def durability_of(data_dir: Path | None, durability: str | None) -> str:
+    """The mode the flags ask for; a contradiction is a usage error."""
+    if durability is None:
+        return "none" if data_dir is None else "fsync"
+    if durability == "none" and data_dir is not None:
+        raise click.UsageError("--data-dir keeps a store on disk: give --durability flush|fsync")
+    if durability != "none" and data_dir is None:
+        raise click.UsageError(f"--durability {durability} needs --data-dir DIR")
+    return durability
+
+
 def replicas_option(help: str | None = None) -> Callable[[F], F]:
     return click.option(
         "--replicas", type=click.IntRange(min=1), default=3, show_default=True, help=help

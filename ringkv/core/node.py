@@ -10,7 +10,7 @@ import ipaddress
 import random
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,6 +362,23 @@ class Node:
         sends = self.replication.on_membership(events, now)
         self._note(events, held)
         return sends
+
+    # -- durability (the runtime's data dir) ----------------------------------------
+
+    def restore(self, entries: Iterable[tuple[bytes, bytes]], now: float) -> None:
+        """Put back the store a data dir kept, and journal every change from now on.
+
+        Called once, before the first datagram: a restarted node starts with
+        what it had committed, and still pulls its slots like any new process
+        (copies only move forward, so what it missed arrives and nothing older
+        wins)."""
+        self.storage.restore(entries, now)
+        self.storage.record_changes()
+
+    def take_changes(self) -> tuple[bool, dict[bytes, bytes | None]]:
+        """What the store changed since the last call (Storage.take_changes): the
+        runtime commits it before it sends anything those changes made possible."""
+        return self.storage.take_changes()
 
     def take_notices(self) -> list[Notice]:
         """What happened since the last call that an operator should read, oldest first."""

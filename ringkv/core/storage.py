@@ -21,6 +21,12 @@ a stamp int per key cost ~95 B more (overhead 230-250 B instead of 130-150 B
 beside key and value). The public methods unpack an entry into (value,
 version, stamp) when they return it, so `get` copies the value once.
 
+A durable node (`--data-dir`) asks the store to keep a journal of what
+changed (`record_changes`): every key written, removed or collected since the
+last `take_changes`, with its packed entry as it now stands, or None for
+gone. The runtime commits that to disk before it sends anything the changes
+made possible, and `restore` puts a committed store back at start.
+
 Memory is accounted on stored bytes: key and value lengths plus a fixed
 per-entry overhead, ENTRY_OVERHEAD, for what CPython spends besides them:
 the dict slot, the two bytes headers and the entry header. A write that
@@ -58,9 +64,14 @@ def _unpack(packed: bytes) -> Entry:
     return packed[_HEAD_SIZE:], version, stamp
 
 
+class CorruptEntry(ValueError):
+    """A packed entry that `restore` cannot take (a damaged or foreign data file)."""
+
+
 class Storage:
     __slots__ = (
-        "_data", "_group", "_groups", "_tombstones", "budget", "live", "tombstone_bytes", "used",
+        "_data", "_group", "_groups", "_journal", "_tombstones", "_wiped", "budget", "live",
+        "tombstone_bytes", "used",
     )  # fmt: skip
 
     def __init__(self, budget_bytes: int, group: Callable[[bytes], int] | None = None) -> None:
@@ -73,6 +84,8 @@ class Storage:
         self.used = 0
         self.tombstone_bytes = 0  # the tombstones' part of `used`
         self.live = 0  # keys with a value (not tombstones)
+        self._journal: dict[bytes, bytes | None] | None = None  # None: nobody asked
+        self._wiped = False  # since the last take_changes
 
     def __len__(self) -> int:
         return self.live
@@ -115,6 +128,8 @@ class Storage:
             self._index(key, group)
         self._data[key] = packed
         self.used += delta
+        if self._journal is not None:
+            self._journal[key] = packed
         return True
 
     def remove(
@@ -137,9 +152,13 @@ class Storage:
             self.used += len(key) + ENTRY_OVERHEAD
             self.tombstone_bytes += len(key) + ENTRY_OVERHEAD
             self._tombstones.append((now, key, tombstone))
+            if self._journal is not None:
+                self._journal[key] = tombstone
             self._shed_tombstones()
         elif old is not None:
             self._unindex(key)
+            if self._journal is not None:
+                self._journal[key] = None
         return existed
 
     def apply(
@@ -179,14 +198,58 @@ class Storage:
             self._unindex(key)
             self.used -= len(key) + ENTRY_OVERHEAD
             self.tombstone_bytes -= len(key) + ENTRY_OVERHEAD
+            if self._journal is not None:
+                self._journal[key] = None
 
     def wipe(self) -> None:
+        if self._journal is not None:
+            self._journal.clear()
+            self._wiped = True
         self._data.clear()
         self._groups.clear()
         self._tombstones.clear()
         self.used = 0
         self.tombstone_bytes = 0
         self.live = 0
+
+    # -- durability ------------------------------------------------------------------
+
+    def record_changes(self) -> None:
+        """From now on, keep what changed for `take_changes`."""
+        self._journal = {}
+
+    def take_changes(self) -> tuple[bool, dict[bytes, bytes | None]]:
+        """(wiped since the last call, key -> packed entry now or None for gone); the
+        journal starts afresh. A wipe comes first: the changes after it follow."""
+        if self._journal is None:
+            raise TypeError("this store keeps no journal (record_changes)")
+        wiped, changes = self._wiped, self._journal
+        self._wiped, self._journal = False, {}
+        return wiped, changes
+
+    def restore(self, entries: Iterable[tuple[bytes, bytes]], now: float) -> None:
+        """Take back packed entries as `take_changes` gave them, into an empty store.
+
+        Tombstones are kept for a whole TOMBSTONE_TTL from `now`. Raises
+        CorruptEntry for an entry that cannot be one of ours, and MemoryError
+        when they do not fit the budget (a smaller --memory-mb than they had).
+        """
+        if self._data:
+            raise ValueError("restore needs an empty store")
+        for key, packed in entries:
+            size = len(packed)
+            if not key or (size < _HEAD_SIZE and size != _STAMP.size):
+                raise CorruptEntry(f"key {key[:40]!r}: an entry of {size} bytes")
+            self._data[key] = packed
+            self._index(key, None)
+            self.used += _size(key, packed)
+            if size < _HEAD_SIZE:
+                self.tombstone_bytes += len(key) + ENTRY_OVERHEAD
+                self._tombstones.append((now, key, packed))
+            else:
+                self.live += 1
+        if self.used > self.budget:
+            raise MemoryError(f"{self.used:,} bytes stored, over the budget of {self.budget:,}")
 
     def items(self) -> Iterator[tuple[bytes, Entry]]:
         """A snapshot of every entry, tombstones included."""

@@ -79,6 +79,9 @@ class LocalCluster:
     log_format: str = "text"
     key_file: Path | None = None  # None: the nodes run --insecure
     metrics: bool = False  # each node answers Prometheus on metrics_addr(its address)
+    data_dir: Path | None = None  # node i keeps its store in data_dir/node-i
+    durability: str = "none"
+    max_disk_mb: int | None = None
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
     suspended: set[int] = field(default_factory=set)
 
@@ -141,6 +144,11 @@ class LocalCluster:
             command.append("--insecure")
         if self.metrics:
             command += ["--metrics-port", str(port + METRICS_PORT_OFFSET)]
+        if self.data_dir is not None:
+            command += ["--data-dir", str(self.data_dir / f"node-{index}")]
+            command += ["--durability", self.durability]
+            if self.max_disk_mb is not None:
+                command += ["--max-disk-mb", str(self.max_disk_mb)]
         with open(logs / f"node-{index}.log", "ab") as log:
             self.procs[index] = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -201,6 +209,15 @@ class LocalCluster:
         proc.kill()
         proc.wait()
         self.suspended.discard(index)
+
+    def crash(self) -> None:
+        """SIGKILL every node at once, as a power loss would stop them."""
+        for proc in self.procs.values():
+            _signal(proc.pid, signal.SIGKILL)
+        for proc in self.procs.values():
+            proc.wait()
+        self.procs.clear()
+        self.suspended.clear()
 
     def stop(self, grace: float = 5.0) -> None:
         for index, proc in self.procs.items():

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ringkv.core.node import TICK_INTERVAL, Node
+from ringkv.runtime.datadir import DataDir, DataDirError
 from ringkv.runtime.logs import FIELDS
 from ringkv.servers import gossip_addr, peer_addr
 from ringkv.wire import Addr, Send
@@ -53,6 +54,7 @@ GOSSIP_BACKLOG = 4096  # gossip datagrams read at once after a stop: a 1 MiB que
 DRAIN_LIMIT = 64  # datagrams per wake-up, so timers and gossip get their turn
 RECV_BUFFER = 8 << 20  # bursts of thousands of requests must not overflow the kernel queue
 SEND_BUFFER = 4 << 20
+EXIT_DATA_DIR = 3  # the data directory failed: stopped rather than lose acknowledged writes
 
 
 def open_udp_socket(addr: Addr, recv_buffer: int = RECV_BUFFER) -> socket.socket:
@@ -104,8 +106,10 @@ class NodeServer:
         gossip: bool,
         key_file: Path | None = None,
         metrics: Addr | None = None,
+        data_dir: DataDir | None = None,
     ) -> None:
         self.node = node
+        self.data_dir = data_dir  # the store's durable copy; None: memory only
         self.metrics = metrics  # where to answer Prometheus scrapes; None: nowhere
         self.key_file = key_file  # read again on SIGHUP: key rotation
         self.listen = listen
@@ -168,6 +172,9 @@ class NodeServer:
             self._peer_sock.close()
         if self._gossip is not None:
             self._gossip.close()
+        if self.data_dir is not None:
+            self._persist()
+            self.data_dir.close()
 
     def _drain(self) -> None:
         """Read what the peer and data sockets hold (up to DRAIN_LIMIT each, peers
@@ -192,6 +199,7 @@ class NodeServer:
                 self._read(self._peer_sock, node.take_peer)
             self._read(self._sock, node.take)
         finally:
+            self._persist()
             self._send(node.flush())
 
     def _read(self, sock: socket.socket, take: Callable[[bytes, Addr, float, float], None]) -> None:
@@ -214,8 +222,22 @@ class NodeServer:
                 self._contain("datagram", data)  # that datagram only: the batch goes on
                 continue
             if node.exit_requested:
+                self._persist()
                 self._send(node.flush())
                 self._exit_now()
+
+    def _persist(self) -> None:
+        """Commit what the store changed, before anything those changes made possible is
+        sent. A node that cannot keep its store durable stops: acknowledging writes it
+        might lose would break the promise its --durability makes."""
+        if self.data_dir is None:
+            return
+        try:
+            self.data_dir.commit(*self.node.take_changes())
+        except DataDirError as exc:
+            log.critical("stopping, nothing of this batch sent: %s", exc)
+            logging.shutdown()
+            os._exit(EXIT_DATA_DIR)
 
     def _contain(self, kind: str, data: bytes | None = None) -> None:
         """A bug met while handling one datagram or tick: count it, log it (at most
@@ -290,6 +312,9 @@ class NodeServer:
         except Exception:
             self._contain("tick")
             return
+        self._persist()
+        if self.data_dir is not None:
+            self.data_dir.sync_due(now)
         if outbox.data:
             self._send(outbox.data)
         if outbox.gossip:
