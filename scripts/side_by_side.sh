@@ -16,6 +16,8 @@
 # OLD_FLAGS / NEW_FLAGS are extra options of `ringkv cluster up` for each side,
 # e.g. the cost of authentication on one tree:
 #      OLD_FLAGS=--insecure scripts/side_by_side.sh . . 40 16 3 8
+# or of durability (a relative --data-dir lands in the round's own folder):
+#      NEW_FLAGS="--data-dir data --durability fsync" scripts/side_by_side.sh . . 10 64
 set -euo pipefail
 OLD=$(cd "$1" && pwd)
 NEW=$(cd "$2" && pwd)
@@ -32,7 +34,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 measure() {  # tree label flags
   local tree=$1 label=$2 flags=$3 dir="$WORK/$2"
-  mkdir -p "$dir"
+  rm -rf "$dir" && mkdir -p "$dir"  # each round from scratch (data directories too)
   # shellcheck disable=SC2086  # flags are words
   (cd "$dir" && PYTHONPATH="$tree" "$PY" -m ringkv cluster up --nodes "$NODES" \
       --base-port 47001 --detach $flags >/dev/null)

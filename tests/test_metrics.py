@@ -40,6 +40,7 @@ class _Runtime:
     def __init__(self) -> None:
         self.faults = {"datagram": 2}
         self.send_drops = 7
+        self.data_dir = None
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

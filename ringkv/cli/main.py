@@ -129,9 +129,9 @@ def node(
         admin_from=admin_from or None,
     )
     metrics = None if metrics_port is None else (listen[0], metrics_port)
-    node = Node(config)
-    store = None if data_dir is None else _open_data_dir(node, data_dir, mode, disk_bytes)
-    serve(NodeServer(node, listen, len(servers) > 1, key_file, metrics, store))
+    core = Node(config)
+    store = None if data_dir is None else _open_data_dir(core, data_dir, mode, disk_bytes)
+    serve(NodeServer(core, listen, len(servers) > 1, key_file, metrics, store))
 
 
 def _open_data_dir(node: Node, path: Path, mode: str, max_bytes: int) -> DataDir:

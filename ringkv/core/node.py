@@ -540,6 +540,8 @@ class Node:
             "held_slots": self.replication.held_slots(),
             "transfers_done": self.replication.stats.transfers_done,
             "transfers_retried": self.replication.stats.transfers_retried,
+            "keys_pulled": self.replication.stats.keys_pulled,
+            "keys_pulled_newer": self.replication.stats.keys_received,
             "stored_bytes": self.storage.used,
             "budget": self.storage.budget,
             "requests": self.stats.requests,

@@ -75,6 +75,7 @@ class DataDir:
             raise ValueError(f"durability {mode!r} keeps no data directory")
         self.path = path
         self.mode = mode
+        self.max_bytes = max_bytes
         self.commits = 0
         self.committed_keys = 0
         self._synced = time.monotonic()

@@ -34,6 +34,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from ringkv.core.node import Node
+from ringkv.runtime.datadir import DataDir
 from ringkv.wire import Addr
 from ringkv.wire.codec import Err
 
@@ -60,6 +61,7 @@ class RuntimeCounters(Protocol):
 
     faults: dict[str, int]  # handlers that raised, by what they handled
     send_drops: int  # datagrams the kernel would not queue
+    data_dir: DataDir | None  # the store's durable copy, if the node keeps one
 
 
 class NodeCollector(Collector):
@@ -85,6 +87,19 @@ class NodeCollector(Collector):
             "ringkv_send_drops", "Datagrams not sent: the socket's send queue was full",
             self.runtime.send_drops,
         )  # fmt: skip
+        if self.runtime.data_dir is not None:
+            yield from _data_dir(self.runtime.data_dir)
+
+
+def _data_dir(data: DataDir) -> Iterator[Any]:
+    yield _counter("ringkv_disk_commits", "Transactions committed to the data directory",
+                   data.commits)  # fmt: skip
+    yield _counter("ringkv_disk_committed_keys", "Keys written or deleted by those commits",
+                   data.committed_keys)  # fmt: skip
+    yield _gauge("ringkv_disk_bytes", "Size of the data directory's database (pages in use)",
+                 data.used_bytes())  # fmt: skip
+    yield _gauge("ringkv_disk_limit_bytes", "The database's map size (--max-disk-mb)",
+                 data.max_bytes)  # fmt: skip
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -180,6 +195,11 @@ def _replication(status: dict[str, Any]) -> Iterator[Any]:
     yield _gauge("ringkv_transfers_in_progress", "Pulls under way", status["transfers"])
     yield _counter("ringkv_transfers", "Pulls completed", status["transfers_done"])
     yield _counter("ringkv_transfers_retried", "Pulls asked again", status["transfers_retried"])
+    yield _counter("ringkv_keys_pulled", "Entries pulls brought", status["keys_pulled"])
+    yield _counter(
+        "ringkv_keys_pulled_newer", "Entries pulls brought that were newer than this node's copy",
+        status["keys_pulled_newer"],
+    )  # fmt: skip
     yield _gauge(
         "ringkv_pending_writes", "Writes sent on, not yet acknowledged", status["pending_writes"]
     )

@@ -372,6 +372,7 @@ class Replication:
         if transfer is None:
             return []
         limit = self.writes.stamp_limit(now)
+        self.stats.keys_pulled += len(batch.entries)
         for key, value, version, stamp in batch.entries:
             if stamp > limit:
                 self.stats.refused_stamps += 1

@@ -14,4 +14,5 @@ class ReplicationStats:
     refused_senders: int = 0  # messages naming another node than the one that sent them
     transfers_done: int = 0
     transfers_retried: int = 0  # no batch for sync_retry: lost datagrams or a slow source
-    keys_received: int = 0
+    keys_pulled: int = 0  # entries that pulls brought, newer or not
+    keys_received: int = 0  # of those, newer than this node's copy (applied)

@@ -1,0 +1,90 @@
+"""How a killed node comes back, with a data directory and without: keys pulled, time to serve.
+
+    .venv/bin/python scripts/restart_time.py [--keys 100000] [--away 10] [--nodes 3]
+
+A cluster of NODES nodes (R = 3, so with 3 nodes every node holds every
+key) is loaded with KEYS keys; node 0 is SIGKILLed, AWAY seconds pass while
+1,000 more keys are written, and node 0 is started again. Measured: the
+seconds until it serves every slot it holds (STATUS: no slot unsynced or
+held), the keys it loaded from its data directory, and the entries its
+pulls brought (and how many of those were newer than its copy). Run once
+with `--durability fsync` and once memory-only, one after the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ringkv.check.load import make_value, put_all
+from ringkv.runtime.cluster import LocalCluster, local_servers
+
+MISSED = 1_000  # keys written while the node is away
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--keys", type=int, default=100_000)
+    parser.add_argument("--away", type=float, default=10.0)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--base-port", type=int, default=45001)
+    args = parser.parse_args()
+    for mode in ("fsync", "none"):
+        figures = _measure(mode, args.nodes, args.keys, args.away, args.base_port)
+        print(mode, figures, flush=True)
+
+
+def _measure(mode: str, nodes: int, keys: int, away: float, base_port: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        servers = local_servers(nodes, "", base_port, distinct_hosts=True)
+        data = None if mode == "none" else work / "data"
+        cluster = LocalCluster.create(
+            servers, work / "cluster", log_level="warning", data_dir=data, durability=mode,
+            memory_mb=256,
+        )  # fmt: skip
+        cluster.start()
+        try:
+            cluster.wait_ready(60)
+            _write(servers, "k", keys)
+            cluster.kill(0)
+            started = time.monotonic()
+            _write(servers[1:], "missed", MISSED)
+            time.sleep(max(0.0, away - (time.monotonic() - started)))
+            cluster.start_node(0)
+            back = time.monotonic()
+            first = _first_status(cluster)
+            cluster.wait_ready(300)
+            serving = time.monotonic() - back
+            status = cluster.status({0})[0]
+        finally:
+            cluster.stop()
+    return {
+        "keys_loaded_from_disk": first["keys"],
+        "seconds_until_serving": round(serving, 2),
+        "keys_pulled": status["keys_pulled"],
+        "keys_pulled_newer": status["keys_pulled_newer"],
+        "keys_held_after": status["keys"],
+    }
+
+
+def _write(servers: list[Any], tag: str, count: int) -> None:
+    keys = [f"{tag}-{i}".encode() for i in range(count)]
+    _, unknown = put_all(servers, {key: make_value(key, 0, 500) for key in keys}, 64)
+    if unknown:
+        raise SystemExit(f"{len(unknown)} PUTs of {tag} timed out")
+
+
+def _first_status(cluster: LocalCluster) -> dict[str, Any]:
+    """Node 0's first STATUS: what it loaded before any pull could add to it."""
+    while True:
+        found = cluster.status({0}, timeout=0.2)
+        if 0 in found:
+            return dict(found[0])
+
+
+if __name__ == "__main__":
+    main()
