@@ -16,6 +16,7 @@ import click
 
 from ringkv.cli.options import json_option, nodes_option, seed_option
 from ringkv.sim.scenarios import (
+    DEFAULT_FAULTS,
     FAULT_KINDS,
     SCENARIOS,
     ParamError,
@@ -54,10 +55,16 @@ def _fault_list(
 @click.option(
     "--faults",
     callback=_fault_list,
-    help=f"random-faults kinds, comma-separated [default: {','.join(FAULT_KINDS)}].",
+    help=f"random-faults kinds, comma-separated, of {','.join(FAULT_KINDS)} "
+    f"[default: {','.join(DEFAULT_FAULTS)}].",
 )
 @click.option("--full-nodes", is_flag=True, help="scale: whole nodes, not membership only.")
 @click.option("--no-check", is_flag=True, help="Skip the linearizability checker.")
+@click.option(
+    "--durable", is_flag=True,
+    help="Nodes keep data directories (commit before send, load on restart); needed by the "
+    "power fault (every node killed at once).",
+)  # fmt: skip
 @click.option("--runs", type=click.IntRange(min=1), default=1, help="Run seeds SEED.. SEED+RUNS-1.")
 @json_option("Print the summary as JSON.")
 @click.option("--history", type=click.Path(dir_okay=False), help="Save the history (JSON lines).")
@@ -78,6 +85,7 @@ def sim(
     faults: tuple[str, ...] | None,
     full_nodes: bool,
     no_check: bool,
+    durable: bool,
     runs: int,
     as_json: bool,
     history: str | None,
@@ -85,8 +93,9 @@ def sim(
 ) -> None:
     """Run SCENARIO (eval-part2, random-faults, scale) in the deterministic simulator."""
     params = Params(
-        nodes, loss, keys, duration, clients, rounds, faults, full_nodes, check=not no_check
-    )
+        nodes, loss, keys, duration, clients, rounds, faults, full_nodes, check=not no_check,
+        durable=durable,
+    )  # fmt: skip
     failed = 0
     for run_seed in range(seed, seed + runs):
         try:

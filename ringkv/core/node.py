@@ -368,12 +368,17 @@ class Node:
     def restore(self, entries: Iterable[tuple[bytes, bytes]], now: float) -> None:
         """Put back the store a data dir kept, and journal every change from now on.
 
-        Called once, before the first datagram: a restarted node starts with
-        what it had committed, and still pulls its slots like any new process
-        (copies only move forward, so what it missed arrives and nothing older
-        wins)."""
+        Called once, before the first datagram. A memory-only process that
+        starts empty may serve a slot while it pulls it: nothing was written
+        before the cluster had it. A durable node may hold copies older than the
+        cluster's, and the others may be durable nodes that restarted with it
+        (a power loss), their stores not yet pulled: even an empty data dir is
+        no proof that the cluster is new. So it pulls every slot before serving
+        it, as a node back from a pause does (Replication.on_restored). Copies
+        only move forward: what it missed arrives, and nothing older wins."""
         self.storage.restore(entries, now)
         self.storage.record_changes()
+        self.replication.on_restored(now)
 
     def take_changes(self) -> tuple[bool, dict[bytes, bytes | None]]:
         """What the store changed since the last call (Storage.take_changes): the

@@ -118,6 +118,10 @@ class SimConfig:
     check_invariants: bool = True
     # Nodes seal their datagrams with a cluster key (from the seed), as deployed.
     sealed: bool = True
+    # Each node keeps a data directory (--data-dir): its store's changes are
+    # committed to a disk that outlives crashes before anything is sent, and a
+    # restarted node loads it back, as the runtime does.
+    durable: bool = False
 
 
 @dataclass
@@ -153,6 +157,7 @@ class _Slot:
         "addr",
         "data",
         "data_bytes",
+        "disk",
         "gen",
         "gossip",
         "gossip_addr",
@@ -179,6 +184,7 @@ class _Slot:
         self.inbox_bytes = [0, 0, 0]  # by port
         self.starts = 0
         self.data = self.gossip = self.data_bytes = self.gossip_bytes = 0
+        self.disk: dict[bytes, bytes] = {}  # the committed store (SimConfig.durable)
 
 
 @dataclass
@@ -365,11 +371,13 @@ class Simulator:
         node = slot.node
         assert node is not None
         if kind == GOSSIP_PORT:
-            self._emit(slot, node.on_gossip(data, src, self.now), gossip=True)
+            sends = node.on_gossip(data, src, self.now)
         elif kind == PEER_PORT:
-            self._emit(slot, node.on_peer_datagram(data, src, self.now, age), gossip=False)
+            sends = node.on_peer_datagram(data, src, self.now, age)
         else:
-            self._emit(slot, node.on_datagram(data, src, self.now, age), gossip=False)
+            sends = node.on_datagram(data, src, self.now, age)
+        self._commit(slot)
+        self._emit(slot, sends, gossip=kind == GOSSIP_PORT)
         if self.config.check_invariants:
             node.check_invariants()
         if kind == GOSSIP_PORT:
@@ -397,7 +405,22 @@ class Simulator:
             slot.data += len(sends)
             slot.data_bytes += size
 
+    def _commit(self, slot: _Slot) -> None:
+        """A durable node's changes reach its disk before what they made possible is sent."""
+        node = slot.node
+        if not self.config.durable or not isinstance(node, Node):
+            return
+        wiped, changes = node.take_changes()
+        if wiped:
+            slot.disk.clear()
+        for key, packed in changes.items():
+            if packed is None:
+                slot.disk.pop(key, None)
+            else:
+                slot.disk[key] = packed
+
     def _emit_outbox(self, slot: _Slot, outbox: Outbox) -> None:
+        self._commit(slot)
         self._emit(slot, outbox.gossip, gossip=True)
         self._emit(slot, outbox.data, gossip=False)
 
@@ -490,7 +513,9 @@ class Simulator:
         if slot.starts:
             self._outage_ends(slot.index)  # a restart
         slot.starts += 1
-        slot.node = self._build(slot)
+        slot.node = node = self._build(slot)
+        if self.config.durable and isinstance(node, Node):
+            node.restore(slot.disk.items(), self.now)
         slot.state = UP
         slot.gen += 1
         # A process starts ticking at a random phase of the tick period.

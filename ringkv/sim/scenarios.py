@@ -52,7 +52,9 @@ class ParamError(ValueError):
 
 
 CONVERGENCE_GOAL = 10.0  # DESIGN.md: membership converges well within 10 s
-FAULT_KINDS = ("pause", "crash", "join", "partition", "loss")
+FAULT_KINDS = ("pause", "crash", "join", "partition", "loss", "power")
+DEFAULT_FAULTS = ("pause", "crash", "join", "partition", "loss")  # power needs --durable
+POWER_OFF = (1.0, 3.0)  # seconds every node stays down after a power loss
 _NO_EFFECT = frozenset({Err.NO_SPACE, Err.BAD_COMMAND, Err.BAD_KEY, Err.BAD_VALUE})
 
 
@@ -72,6 +74,7 @@ class Params:
     faults: tuple[str, ...] | None = None
     full_nodes: bool = False
     check: bool = True  # run the linearizability checker (off: histories only, faster)
+    durable: bool = False  # nodes keep data directories (SimConfig.durable)
 
     def cli_args(self) -> str:
         """The command-line options that give these params."""
@@ -377,7 +380,7 @@ class Run:
     def _judge_losses(self, lost: list[LostWrite]) -> None:
         """Losses are excused when R copies of the key were down at once after the write."""
         for lw in lost:
-            excused = self.tracker is not None and self.tracker.excused(lw.key, lw.write.invoke)
+            excused = self._copies_lost(lw.key, after=lw.write.invoke)
             (self.result.excused if excused else self.result.lost).append(lw)
 
     def finish(self, traffic: dict[str, float] | None = None) -> ScenarioResult:
@@ -401,7 +404,14 @@ class Run:
         Such a key may fairly be unreadable or stale from then on.
         """
         end = op.response if op.response is not None else math.inf
-        return self.tracker is not None and self.tracker.excused(op.key, before=end)
+        return self._copies_lost(op.key, before=end)
+
+    def _copies_lost(self, key: bytes, after: float = -math.inf, before: float = math.inf) -> bool:
+        """Were R copies of the key down at once in [after, before]? Durable nodes lose
+        nothing by going down: then no loss is excused."""
+        if self.sim.config.durable or self.tracker is None:
+            return False
+        return self.tracker.excused(key, after, before)
 
     def _judge_violations(self, checked: CheckResult) -> None:
         for v in checked.violations:
@@ -565,17 +575,21 @@ def random_faults(params: Params, seed: int) -> ScenarioResult:
     n = params.nodes
     if n < 3:
         raise ParamError("random-faults needs at least 3 nodes")
-    kinds = params.faults or FAULT_KINDS
+    kinds = params.faults or DEFAULT_FAULTS
     unknown = set(kinds) - set(FAULT_KINDS)
     if unknown:
         raise ParamError(f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}")
+    if "power" in kinds and not params.durable:
+        raise ParamError("the power fault (every node killed at once) needs --durable")
     rng = _seeded(seed, "schedule")
     max_loss = 0.05 if params.loss is None else params.loss
     joiner = (rng.randrange(n),) if "join" in kinds and rng.random() < 0.5 else ()
     network = NetworkConfig(
         loss=rng.uniform(0, max_loss) if "loss" in kinds else max_loss, duplicate=0.005
     )
-    config = SimConfig(n, seed, network, clock_skew=0.002, start_down=joiner)
+    config = SimConfig(
+        n, seed, network, clock_skew=0.002, start_down=joiner, durable=params.durable
+    )
     run = Run("random-faults", params, seed, config)
     chaos = _Chaos(kinds, max_loss, min(config.replicas - 1, n - 2), 2.0 + (params.duration or 60))
     return _guarded(run, lambda r: _chaos_body(r, chaos, params))
@@ -649,7 +663,23 @@ def _fault_options(sim: Simulator, chaos: _Chaos) -> list[Fault]:
             options.append(("partition", lambda rng: sim.partition(_minority(rng, up, room))))
     if "loss" in kinds and chaos.max_loss > 0:
         options.append(("loss", lambda rng: sim.set_loss(rng.uniform(0, chaos.max_loss))))
+    if "power" in kinds and not sim.network.partitioned:
+        options.append(("power", lambda rng: _power_loss(sim, rng)))
     return options
+
+
+def _power_loss(sim: Simulator, rng: random.Random) -> None:
+    """Every node killed at once (paused ones too); all started again a little later."""
+    for i in range(len(sim)):
+        if sim.state_of(i) in (UP, PAUSED):
+            sim.crash(i)
+    sim.after(rng.uniform(*POWER_OFF), _power_back, sim)
+
+
+def _power_back(sim: Simulator) -> None:
+    for i in range(len(sim)):
+        if sim.state_of(i) not in (UP, PAUSED):
+            sim.restart(i)
 
 
 def _minority(rng: random.Random, up: list[int], room: int) -> list[int]:

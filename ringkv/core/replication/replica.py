@@ -252,6 +252,20 @@ class Replication:
         self._mark(self.view.mine, now)
         self.slots.mark_fresh()
 
+    def on_restored(self, now: float) -> None:
+        """A new process that loaded a data directory: its copy may be as stale as a
+        paused node's, not empty like a fresh one's, so it is not served while
+        pulling (a fresh pull may serve reads). It pulls every slot whole, from the
+        stand-ins too, and may hold what no sure source answers, as after a pause."""
+        self.slots.note_departure(set(), now)  # no floor it could vouch with: unknown
+        self.slots.not_fresh()
+        # Whole-cluster restarts (a power loss) start with every node in view and may
+        # see no change after: the linger that releases holds counts from the start.
+        self._whole_since = now if len(self.view.alive) == len(self.servers) else None
+        self._plan_settle(self.view.mine, -self.writes.clock_offset, now)  # stamp 0 on
+        self._mark(self.view.mine, now)
+        self._returned(now)
+
     def on_pause(self, gap: float, now: float) -> None:
         """This node was stopped: nothing it holds can be trusted until pulled again."""
         missed_since = now - gap - self.config.lookback

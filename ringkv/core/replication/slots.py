@@ -222,6 +222,12 @@ class SlotTable:
             if state.pull is not None:
                 state.pull.fresh = True
 
+    def not_fresh(self) -> None:
+        """The process did not start empty (a data directory): no pull of it is fresh."""
+        for _, state in self._changing():
+            if state.pull is not None:
+                state.pull.fresh = False
+
     def returning(self, slots: Iterable[int]) -> None:
         """These slots' pulls ask the stand-ins too (gained soon after a return)."""
         for slot in slots:
