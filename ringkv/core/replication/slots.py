@@ -223,7 +223,7 @@ class SlotTable:
                 state.pull.fresh = True
 
     def not_fresh(self) -> None:
-        """The process did not start empty (a data directory): no pull of it is fresh."""
+        """The process started on a data directory: no pull of it is fresh."""
         for _, state in self._changing():
             if state.pull is not None:
                 state.pull.fresh = False
