@@ -36,7 +36,7 @@ def known_timeline() -> Timeline:
         t.samples.answered(100.0 + i / 20, i / 1000, 3 if i == 5 else 0)
     t.samples.timed_out(102.2)
     t.samples.timed_out(102.7)
-    t.faults += [Fault("n1", "suspended", 100.5, 101.5), Fault("n2", "shut down", 101.0)]
+    t.faults += [Fault("n1", "suspended", 100.5, 101.5), Fault("n2", "shutdown", 101.0)]
     t.spans.append(Span("2.seq", "a stage", 100.0, 103.0, passed=False))
     t.violation(b"key-</script>-1", "stale")  # recorded now: a perf_counter reading
     return t
@@ -92,7 +92,7 @@ def test_the_page_embeds_the_numbers_it_draws_and_escapes_keys(tmp_path: Path) -
     assert data["run"] == {"passed": False}
     assert sum(b["answered"] for b in drawn["buckets"]) == 10
     assert sum(b["timeouts"] for b in drawn["buckets"]) == 2
-    assert [f["kind"] for f in drawn["faults"]] == ["suspended", "shut down"]
+    assert [f["kind"] for f in drawn["faults"]] == ["suspended", "shutdown"]
     assert drawn["violations"][0]["key"] == "key-</script>-1"
     assert drawn["spans"] == [
         {"name": "2.seq", "title": "a stage", "start": 0.0, "end": 3.0, "passed": False}

@@ -135,12 +135,16 @@ class Context:
     rng: random.Random = field(default_factory=random.Random)
     run_id: str = ""  # part of every key, so runs never read each other's data
     state: dict[str, Any] = field(default_factory=dict)
-    timeline: Timeline = field(default_factory=Timeline)  # the control's, when it keeps one
 
     @property
     def alive(self) -> list[Addr]:
         """The nodes this run has not suspended: the only usable front ends."""
         return [s for s in self.servers if s not in self.control.suspended]
+
+    @property
+    def timeline(self) -> Timeline:
+        """The run's requests, faults, stages and violations (kept by the node control)."""
+        return self.control.timeline
 
     @property
     def scale(self) -> Scale:

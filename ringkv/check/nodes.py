@@ -55,12 +55,12 @@ def ask_pid(addr: Addr) -> int:
 class NodeControl:
     """Which nodes this run suspended, and the pids to resume them with.
 
-    With a timeline, each suspension is kept there as a fault window.
+    Each suspension and shutdown is kept in its timeline as a fault window.
     """
 
-    def __init__(self, ssh: str | None = None, timeline: Timeline | None = None) -> None:
+    def __init__(self, ssh: str | None = None) -> None:
         self.ssh = ssh
-        self.timeline = timeline
+        self.timeline = Timeline()
         self.suspended: dict[Addr, int] = {}  # insertion order: the order they went down
         self.known: dict[Addr, int] = {}  # pids learned while the nodes answered
 
@@ -94,20 +94,17 @@ class NodeControl:
             pid = self.known[addr]
         self._signal(addr, pid, signal.SIGSTOP)
         self.suspended[addr] = pid
-        if self.timeline is not None:
-            self.timeline.fault_begins(_name(addr), "suspended")
+        self.timeline.fault_begins(_name(addr), "suspended")
         return pid
 
     def resume(self, addr: Addr) -> None:
         pid = self.suspended.pop(addr)
         self._signal(addr, pid, signal.SIGCONT)
-        if self.timeline is not None:
-            self.timeline.fault_ends(_name(addr))
+        self.timeline.fault_ends(_name(addr))
 
     def shut_down(self, addr: Addr) -> None:
         """Note that the run shut a node down (SHUTDOWN): out of service for good."""
-        if self.timeline is not None:
-            self.timeline.fault_begins(_name(addr), "shut down")
+        self.timeline.fault_begins(_name(addr), "shutdown")
 
     def resume_all(self) -> list[Addr]:
         """Resume every node this run suspended, also after an error (best effort)."""

@@ -124,7 +124,6 @@ def _prepare(
     from ringkv.check.nodes import NodeControl
     from ringkv.check.report import Reporter
     from ringkv.check.suite import Run, SelectionError, select
-    from ringkv.report.timeline import Timeline
 
     names = [n.strip() for arg in stage_names for n in arg.split(",") if n.strip()]
     try:
@@ -134,11 +133,9 @@ def _prepare(
     seed = seed if seed is not None else random.randrange(1 << 32)
     params = QUICK if quick else Params()
     _raise_fd_limit(max((*params.rfe_clients, *params.perf2_clients)) + 512)
-    timeline = Timeline()
     ctx = Context(
         params=params, report=Reporter(), local=local, servers=servers, procs=procs,
-        control=NodeControl(ssh, timeline), rng=random.Random(seed),
-        run_id=f"{seed & 0xFFFFFF:06x}-", timeline=timeline,
+        control=NodeControl(ssh), rng=random.Random(seed), run_id=f"{seed & 0xFFFFFF:06x}-",
     )  # fmt: skip
     _header(ctx, stages, quick, seed)
     return Run(ctx, stages)

@@ -30,7 +30,6 @@ VIOLATIONS_LISTED = 500  # rows of the violations table; the count is always who
 ROWS = ("requests / s", "latency (ms)", "nodes down", "violations", "stages")
 FAULT_COLOURS = {  # by kind: SIGSTOP, a process gone, a network cut
     "suspended": "rgba(255, 165, 0, 0.10)",
-    "shut down": "rgba(200, 0, 0, 0.10)",
     "shutdown": "rgba(200, 0, 0, 0.10)",
     "crash": "rgba(200, 0, 0, 0.10)",
     "cut off": "rgba(60, 60, 200, 0.10)",

@@ -62,7 +62,7 @@ class Fault:
     """A node out of service from `start` to `end` (None: never brought back)."""
 
     node: str
-    kind: str  # "suspended" (SIGSTOP) or "shut down"
+    kind: str  # "suspended" (SIGSTOP), "shutdown", "crash" or "cut off" (simulator)
     start: float
     end: float | None = None
 

@@ -42,7 +42,6 @@ FORMAT = b"ringkv-data-1"
 FLUSH_INTERVAL = 1.0  # seconds between disk syncs under `flush`
 DISK_SHARE = 2  # the store may take 1/DISK_SHARE of --max-disk-bytes: LMDB's pages and
 # copy-on-write room take the rest (a PUT beyond it is refused with errCode 2)
-MODES = ("none", "flush", "fsync")
 
 
 class DataDirError(RuntimeError):
