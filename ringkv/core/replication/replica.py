@@ -248,7 +248,12 @@ class Replication:
         self._settle_at = now + self.config.settle
 
     def on_start(self, now: float) -> None:
-        """A new process may replace one that crashed: pull every slot before serving it."""
+        """A new process may replace one that crashed: pull every slot before serving it.
+
+        Its view starts with every node in it, and may see no change after (a
+        whole cluster started together): if so, it is whole from now on.
+        """
+        self._whole_since = now if len(self.view.alive) == len(self.servers) else None
         self._mark(self.view.mine, now)
         self.slots.mark_fresh()
 
@@ -259,9 +264,6 @@ class Replication:
         stand-ins too, and may hold what no sure source answers, as after a pause."""
         self.slots.note_departure(set(), now)  # no floor it could vouch with: unknown
         self.slots.not_fresh()
-        # Whole-cluster restarts (a power loss) start with every node in view and may
-        # see no change after: the linger that releases holds counts from the start.
-        self._whole_since = now if len(self.view.alive) == len(self.servers) else None
         self._plan_settle(self.view.mine, -self.writes.clock_offset, now)  # stamp 0 on
         self._mark(self.view.mine, now)
         self._returned(now)
